@@ -1,0 +1,95 @@
+"""Default config: every key lives here, documented. Other configs import this and override.
+
+CPU-friendly: synthetic RGB-D scenes (no download), small DSRNet (T=4), x4. On the 2-core CI machine it
+trains in well under ten minutes and its validation MAD beats bicubic.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init, per-step randomness (fold_in(step)) and the grain pipeline.
+  c.mode = 'train'  # 'train' or 'eval' (eval restores DSRNet from eval.checkpoint_dir).
+
+  # ---------------------------------------------------------------- data
+  c.data = d = ml_collections.ConfigDict()
+  d.name = 'synthetic_rgbd'  # synthetic_rgbd | middlebury_lu | middlebury2005 | rgbdd | nyu_v2 (or 'a+b' mixes).
+  d.dir = ''  # Root of the manual data directory (layout of ../shared/data); '' -> $DSR_DATA_DIR.
+  d.tfds_dir = ''  # Where prepared TFDS ArrayRecords live; '' -> read the manual dir directly (in memory).
+  d.crop = 64  # HR training crop (pixels); must be a multiple of model.scale.
+  d.augment = True  # Random flips and 90-degree rotations of the paired crop.
+  d.degrade = 'bicubic'  # LR degradation: 'bicubic' (MATLAB imresize, antialiased) | 'nearest' | 'box'.
+  d.noise_sigma = 0.0  # Gaussian noise std added to the LR, in the dataset's depth units (noisy-DSR).
+  d.lr_on_device = False  # Make the LR inside the jitted step instead of on the host (see BENCHMARKS.md).
+  d.workers = 0  # grain mp_prefetch worker processes (0 = in-process).
+  d.prefetch = 2  # Batches prefetched to device ahead of the step.
+  d.eval_batch = 1  # Whole-image eval batch size (padded so every image counts once).
+  d.val_split = 'validation'  # Split used for periodic validation during training.
+  # synthetic_rgbd only
+  d.synthetic = ml_collections.ConfigDict()
+  d.synthetic.num_train = 256  # Number of distinct procedural train scenes.
+  d.synthetic.num_val = 8  # Validation scenes (disjoint seeds).
+  d.synthetic.size = (128, 128)  # HR size (H, W) of each scene.
+
+  # ---------------------------------------------------------------- model
+  c.model = m = ml_collections.ConfigDict()
+  m.name = 'dsrnet'  # 'dsrnet' (trained) or 'bicubic' (baseline; eval only, no checkpoint).
+  m.scale = 4  # Upsampling factor s in {2, 4, 8, 16}.
+  m.channels = 32  # C: back-projection channels (paper 64).
+  m.feat = 64  # F: shallow-feature width (paper 256).
+  m.stages = 4  # T: back-projection stages of DSRNet / residual stages of DENet (paper preset 7).
+  m.de_blocks = 2  # R: residual blocks per DENet stage.
+  m.residual = True  # (choice) add bicubic upsampling of the LR to DSRNet's output.
+  m.bp_impl = 'polyphase'  # Back-projection conv form: 'polyphase' (fast) | 'reference' (nn.ConvTranspose-style).
+  m.dtype = 'float32'  # Compute dtype ('float32' | 'bfloat16'); params and optimizer stay float32.
+  m.use_denet = True  # False = DSRNet alone ("w/o CT" ablation).
+  m.use_spnet = True  # False = cross-task without SPNet.
+
+  # ---------------------------------------------------------------- losses
+  c.loss = l = ml_collections.ConfigDict()
+  l.ssim_lambda = 0.85  # (choice) lam in L_DE = lam (1 - SSIM)/2 + (1 - lam) L1.
+  l.affinity_pool = 16  # (choice) P: features average-pooled to P x P before the affinity (paper-size 32).
+  l.gamma = 1.0  # (choice) weight of the affinity term inside L_distill.
+  l.rho1 = 0.1  # (choice) weight of the structure loss in the student objectives.
+  l.rho2 = 0.1  # (choice) weight of L_distill in the student objectives.
+  l.use_affinity = True  # False = CT without affinity distillation.
+
+  # ---------------------------------------------------------------- optimisation
+  c.optim = o = ml_collections.ConfigDict()
+  for net in ('dsr', 'denet', 'spnet'):
+    o[net] = ml_collections.ConfigDict()
+    o[net].lr = 4e-4  # Peak Adam learning rate.
+    o[net].b1 = 0.9
+    o[net].b2 = 0.999
+    o[net].warmup_steps = 50  # Linear warm-up.
+    o[net].schedule = 'cosine'  # 'cosine' | 'constant'.
+    o[net].grad_clip = 1.0  # Global-norm clip per network (0 disables).
+
+  # ---------------------------------------------------------------- schedule
+  c.train = t = ml_collections.ConfigDict()
+  t.num_steps = 1200  # Total optimiser steps (stage 1 + stage 2).
+  t.stage1_steps = 400  # Warm-up stage: both nets on their own losses.
+  t.round_steps = 100  # Steps per role round in stage 2 (paper: one epoch).
+  t.batch_size = 16  # Global batch (split over all devices and processes).
+  t.fixed_teacher = ''  # '' = role exchange; 'denet' or 'dsr' pins the teacher (ablation).
+  t.log_every = 50  # Scalar summaries (the only host syncs of the loop).
+  t.image_every = 400  # Image summaries.
+  t.profile = False  # Capture a jax.profiler trace of a few steps into the workdir.
+  t.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU).
+  t.debug_poison_step = -1  # TEST ONLY: inject NaN into the batch at this step (NaN-guard tests).
+
+  # ---------------------------------------------------------------- evaluation
+  c.eval = e = ml_collections.ConfigDict()
+  e.every_steps = 400  # Periodic validation during training (0 = only at the end).
+  e.checkpoint_dir = ''  # eval mode: a training workdir, an Orbax checkpoint dir or one step's dir.
+  e.dataset = ''  # eval mode: dataset to evaluate ('' = data.name); split 'test'.
+  e.tile = 0  # Tile size for full-resolution inference (0 = whole image).
+  e.overlap = 32  # Tile overlap (>= the receptive-field margin).
+  e.ensemble = False  # 8-way flip/transpose self-ensemble.
+
+  # ---------------------------------------------------------------- checkpoints
+  c.ckpt = k = ml_collections.ConfigDict()
+  k.every_steps = 400  # Save every N steps and at the end.
+  k.keep = 3  # Keep the last K checkpoints (plus the best by validation MAD).
+  return c

@@ -1,0 +1,17 @@
+"""User-facing errors: anything caused by a user's input, file or config.
+
+Entry points catch `UserError` and print its one-line message with exit status 2 (no traceback). Library
+code raises it with a message that names the file or field and what was expected.
+"""
+
+
+class UserError(ValueError):
+  """A mistake in the user's input, files or config; its message is one line."""
+
+
+class DataError(UserError):
+  """Bad or missing data: names the file or directory and what was expected."""
+
+
+class ConfigError(UserError):
+  """A config field out of range: names the field and the allowed values."""

@@ -1,0 +1,42 @@
+"""Model registry: the three networks built from a config's `model` section."""
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from dsr_jax.errors import ConfigError
+from dsr_jax.models.denet import DENet
+from dsr_jax.models.dsrnet import DSRNet
+from dsr_jax.models.dsrnet import validate
+from dsr_jax.models.spnet import SPNet
+
+NETS = ('dsr', 'denet', 'spnet')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  dsr: DSRNet
+  denet: Any  # DENet or None ("w/o CT")
+  spnet: Any  # SPNet or None
+
+
+def compute_dtype(model_cfg):
+  if model_cfg.get('dtype', 'float32') not in DTYPES:
+    raise ConfigError(f'model.dtype={model_cfg.dtype!r}: expected one of {", ".join(DTYPES)}')
+  return DTYPES[model_cfg.get('dtype', 'float32')]
+
+
+def build(model_cfg) -> Models:
+  """Builds the networks; raises ConfigError naming the bad field."""
+  dt = compute_dtype(model_cfg)
+  validate(scale=model_cfg.scale, channels=model_cfg.channels, feat=model_cfg.feat,
+           stages=model_cfg.stages, de_blocks=model_cfg.de_blocks, impl=model_cfg.get('bp_impl', 'polyphase'))
+  dsr = DSRNet(scale=model_cfg.scale, channels=model_cfg.channels, feat=model_cfg.feat,
+               stages=model_cfg.stages, residual=model_cfg.get('residual', True),
+               impl=model_cfg.get('bp_impl', 'polyphase'), dtype=dt)
+  use_de = model_cfg.get('use_denet', True)
+  denet = DENet(channels=model_cfg.channels, feat=model_cfg.feat, stages=model_cfg.stages,
+                blocks=model_cfg.de_blocks, dtype=dt) if use_de else None
+  spnet = SPNet(channels=model_cfg.channels, dtype=dt) if use_de and model_cfg.get('use_spnet', True) else None
+  return Models(dsr, denet, spnet)

@@ -1,0 +1,46 @@
+"""DENet: HR RGB -> depth (monocular depth estimation), the training-time partner of DSRNet."""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dsr_jax.models import dsrnet
+from dsr_jax.models import layers
+
+
+class ResBlock(nn.Module):
+  channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = layers.Conv(self.channels, 3, self.dtype)(x)
+    return x + layers.Conv(self.channels, 3, self.dtype)(layers.PReLU()(y))
+
+
+class DENet(nn.Module):
+  """Input (B, H, W, 3) RGB in [0, 1]. Same output convention as DSRNet (dict when train=True)."""
+  channels: int = 64
+  feat: int = 256
+  stages: int = 4
+  blocks: int = 2
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    dsrnet.validate(channels=self.channels, feat=self.feat, stages=self.stages, de_blocks=self.blocks)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, rgb, train: bool = False):
+    x = layers.Shallow(self.feat, self.channels, self.dtype, name='shallow')(rgb)
+    feats = []
+    for n in range(self.stages):
+      for r in range(self.blocks):
+        x = ResBlock(self.channels, self.dtype, name=f'stage_{n}_block_{r}')(x)
+      feats.append(x)
+    out = layers.Conv(1, 3, self.dtype, name='tail')(jnp.concatenate(feats, axis=-1)).astype(jnp.float32)
+    if not train:
+      return out
+    sides = [layers.SideHead(self.channels, self.dtype, name=f'side_{n}')(f).astype(jnp.float32)
+             for n, f in enumerate(feats)]
+    return {'depth': out, 'feats': feats, 'sides': sides}

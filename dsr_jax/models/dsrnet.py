@@ -1,0 +1,67 @@
+"""DSRNet: LR depth -> HR depth, built from DBPN back-projection units (the product; runs alone at test)."""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dsr_jax.models import layers
+
+
+def bicubic_upsample(x, scale: int):
+  # The global residual is the same MATLAB-style bicubic as the bicubic baseline, so a zero output conv
+  # reproduces the baseline exactly.
+  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  return degradation.upsample_bicubic(x, scale, xp=jnp)
+
+
+class DSRNet(nn.Module):
+  """Input (B, h, w, 1) LR depth; output (B, s*h, s*w, 1).
+
+  With train=True it returns a dict: 'depth', 'feats' (the T HR feature maps F^n, HR layout, C channels)
+  and 'sides' (the T side outputs D^n_sr). With train=False it returns only the depth map.
+  """
+  scale: int = 4
+  channels: int = 64
+  feat: int = 256
+  stages: int = 4
+  residual: bool = True
+  impl: str = 'polyphase'
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    validate(scale=self.scale, channels=self.channels, feat=self.feat, stages=self.stages, impl=self.impl)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, lr, train: bool = False):
+    s, c = self.scale, self.channels
+    kw = dict(channels=c, scale=s, impl=self.impl, dtype=self.dtype)
+    x = layers.Shallow(self.feat, c, self.dtype, name='shallow')(lr)
+    h = layers.UpProjection(**kw, name='up_0')(x)
+    feats = [h]
+    for n in range(1, self.stages):
+      h = layers.UpProjection(**kw, name=f'up_{n}')(layers.DownProjection(**kw, name=f'down_{n}')(h))
+      feats.append(h)
+    if self.impl == 'polyphase':
+      feats = [layers.depth_to_space(f, s) for f in feats]
+    out = layers.Conv(1, 3, self.dtype, name='tail')(jnp.concatenate(feats, axis=-1))
+    out = out.astype(jnp.float32)
+    if self.residual:
+      out = out + bicubic_upsample(lr.astype(jnp.float32), s)
+    if not train:
+      return out
+    sides = [layers.SideHead(c, self.dtype, name=f'side_{n}')(f).astype(jnp.float32)
+             for n, f in enumerate(feats)]
+    return {'depth': out, 'feats': feats, 'sides': sides}
+
+
+def validate(*, scale=None, channels=None, feat=None, stages=None, de_blocks=None, impl=None,
+             prefix='model.'):
+  """Raises ConfigError naming the field and the allowed values."""
+  if scale is not None:
+    layers.check_scale(scale, prefix + 'scale')
+  for name, v in (('channels', channels), ('feat', feat), ('stages', stages), ('de_blocks', de_blocks)):
+    if v is not None:
+      layers.check_positive(prefix + name, v)
+  if impl is not None and impl not in layers.BP_IMPLS:
+    raise layers.ConfigError(f'{prefix}bp_impl={impl!r}: expected one of {", ".join(layers.BP_IMPLS)}')

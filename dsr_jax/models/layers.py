@@ -1,0 +1,300 @@
+"""Building blocks: convolutions, PReLU, and the DBPN back-projection convolutions in two forms.
+
+Back-projection geometry (DBPN): kernel k = s + 4, stride s, padding 2. A transposed conv with these
+numbers maps h x w to exactly sh x sw and the strided conv maps it back.
+
+Two implementations compute the same function with the same k x k parameters:
+
+* 'reference': the textbook form. The transposed conv is an lhs-dilated convolution (what
+  `nn.ConvTranspose` lowers to) and the down-projection a strided convolution. XLA:CPU runs the dilated
+  convolution as a dense conv over an s^2-times larger, mostly-zero input, and the gradient of the strided
+  conv w.r.t. its input is again a dilated conv, so training is several times slower than PyTorch.
+* 'polyphase' (default): output pixel o = s*q + r of the transposed conv only sees the LR pixels
+  q-1, q, q+1, through kernel taps t = r + 2 + s*(1 - j), j = 0..2. So the whole transposed conv is ONE
+  dense 3x3 conv of the LR map to s*s*C channels (the phases), whose 3x3 kernel is the k x k kernel
+  zero-padded to 3s taps and reshaped; depth-to-space turns phases into pixels. The strided conv is the
+  adjoint: space-to-depth, then a dense 3x3 conv. Both directions and both their gradients are plain
+  3x3 convolutions at LR resolution.
+
+In the polyphase form the DBPN body keeps HR feature maps in "phase layout" (B, h, w, s*s*C, channel
+order (ry, rx, c)), so an Up/Down pair never shuffles pixels; only the features that leave the body
+(output conv, side heads, SPNet, affinity) are converted to HR layout.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsr_jax.errors import ConfigError
+
+SCALES = (2, 4, 8, 16)
+BP_IMPLS = ('polyphase', 'reference')
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def bp_geometry(scale: int) -> tuple[int, int, int]:
+  """(kernel, stride, padding) of the back-projection convs at this scale."""
+  return scale + 4, scale, 2
+
+
+def check_positive(name: str, value: Any) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ConfigError(f'{name}={value!r}: expected a positive integer')
+
+
+def check_scale(scale: Any, field: str = 'model.scale') -> None:
+  if scale not in SCALES:
+    raise ConfigError(f'{field}={scale!r}: expected one of {", ".join(map(str, SCALES))}')
+
+
+def conv(x, w, *, stride: int = 1, padding=((1, 1), (1, 1)), lhs_dilation: int = 1):
+  return jax.lax.conv_general_dilated(
+      x, w, window_strides=(stride, stride), padding=padding,
+      lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=_DN)
+
+
+def depth_to_space(x, s: int):
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, s, s, c // (s * s))
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, c // (s * s))
+
+
+def space_to_depth(x, s: int):
+  b, hh, ww, c = x.shape
+  x = x.reshape(b, hh // s, s, ww // s, s, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh // s, ww // s, s * s * c)
+
+
+def _taps_to_3s(kernel, s: int):
+  """Pads the k = s+4 taps of both spatial axes to 3s: tap t lands at index t + s - 2."""
+  return jnp.pad(kernel, ((s - 2, s - 2), (s - 2, s - 2), (0, 0), (0, 0)))  # (3s, 3s, cin, cout)
+
+
+def polyphase_deconv_kernel(kernel, s: int):
+  """k x k transposed-conv kernel -> 3x3 kernel producing the s*s phases: (3, 3, cin, s*s*cout)."""
+  cin, cout = kernel.shape[2:]
+  kp = _taps_to_3s(kernel, s).reshape(3, s, 3, s, cin, cout)
+  # Phase r of LR neighbour j uses tap t = r + 2 + s*(1 - j), i.e. padded block 2 - j.
+  kp = kp[::-1, :, ::-1]  # (jy, ry, jx, rx, cin, cout)
+  return kp.transpose(0, 2, 4, 1, 3, 5).reshape(3, 3, cin, s * s * cout)
+
+
+def polyphase_conv_kernel(kernel, s: int):
+  """k x k stride-s conv kernel -> 3x3 kernel over space-to-depth input: (3, 3, s*s*cin, cout)."""
+  cin, cout = kernel.shape[2:]
+  kp = _taps_to_3s(kernel, s).reshape(3, s, 3, s, cin, cout)
+  # LR neighbour j, phase r reads tap t = s*(j - 1) + r + 2, i.e. padded block j.
+  return kp.transpose(0, 2, 1, 3, 4, 5).reshape(3, 3, s * s * cin, cout)
+
+
+def deconv_reference(x, kernel, s: int):
+  """Transposed conv (PyTorch ConvTranspose2d semantics, HWIO kernel) as an lhs-dilated convolution."""
+  k, _, p = bp_geometry(s)
+  q = k - 1 - p
+  return conv(x, kernel[::-1, ::-1], padding=((q, q), (q, q)), lhs_dilation=s)
+
+
+def conv_s_reference(x, kernel, s: int):
+  _, _, p = bp_geometry(s)
+  return conv(x, kernel, stride=s, padding=((p, p), (p, p)))
+
+
+def phase_groups(s: int):
+  """Phases r in [0, s) grouped by the LR neighbours j in {0, 1, 2} (offset j - 1) they read.
+
+  Tap t = r + 2 + s*(1 - j) of the k = s + 4 kernel exists only for some j: phases 0, 1 also read the
+  previous LR pixel and phases s-2, s-1 the next one; the others read only their own pixel. Returns
+  [(phases, lr_neighbours)] with contiguous ranges, so each group is one small dense conv.
+  """
+  groups = {}
+  for r in range(s):
+    js = tuple(j for j in range(3) if 0 <= r + 2 + s * (1 - j) < s + 4)
+    groups.setdefault(js, []).append(r)
+  return sorted(((tuple(rs), js) for js, rs in groups.items()), key=lambda g: g[0])
+
+
+def _group_kernel(kernel, s: int, ry, jy, rx, jx, deconv: bool):
+  """Sub-kernel (len(jy), len(jx), cin, len(ry) * len(rx) * cout) of one phase group (deconv) or
+  (len(jy), len(jx), len(ry) * len(rx) * cin, cout) (strided conv, the adjoint)."""
+  if deconv:
+    tap = lambda r, j: r + 2 + s * (1 - j)
+  else:  # strided conv reading input phase r of LR neighbour j: t = s*(j - 1) + r + 2, offset j - 1
+    tap = lambda r, j: s * (j - 1) + r + 2
+  ty = jnp.array([[tap(r, j) for r in ry] for j in jy])  # (len(jy), len(ry))
+  tx = jnp.array([[tap(r, j) for r in rx] for j in jx])
+  g = kernel[ty[:, None, :, None], tx[None, :, None, :]]  # (jy, jx, ry, rx, cin, cout)
+  cin, cout = kernel.shape[2:]
+  n = len(ry) * len(rx)
+  if deconv:
+    return g.transpose(0, 1, 4, 2, 3, 5).reshape(len(jy), len(jx), cin, n * cout)
+  return g.reshape(len(jy), len(jx), n * cin, cout)
+
+
+def _pad_for(js):
+  # LR neighbour j sits at offset j - 1: a window over offsets min..max needs this 'valid' padding.
+  return (1 - js[0], js[-1] - 1)
+
+
+def deconv_polyphase(x, kernel, s: int):
+  """Transposed conv returning the HR map in phase layout (B, h, w, s*s*cout).
+
+  One dense conv per (row group, column group) of phases; each computes only taps that exist, so the
+  multiply-adds equal the transposed conv's useful ones at x2 and x4 (at x8/x16 the two-tap border phases
+  share a window with their one-tap neighbours, still <= 1.6x).
+  """
+  b, h, w, _ = x.shape
+  cout = kernel.shape[-1]
+  gy_list = phase_groups(s)
+  rows = []
+  for ry, jy in gy_list:
+    cols = []
+    for rx, jx in gy_list:
+      y = conv(x, _group_kernel(kernel, s, ry, jy, rx, jx, True), padding=(_pad_for(jy), _pad_for(jx)))
+      cols.append(y.reshape(b, h, w, len(ry), len(rx), cout))
+    rows.append(jnp.concatenate(cols, axis=4) if len(cols) > 1 else cols[0])
+  out = jnp.concatenate(rows, axis=3) if len(rows) > 1 else rows[0]
+  return out.reshape(b, h, w, s * s * cout)
+
+
+def conv_s_polyphase(x_phase, kernel, s: int):
+  """Strided conv of an HR map given in phase layout (B, h, w, s*s*cin): a sum of small dense convs."""
+  b, h, w, _ = x_phase.shape
+  cin = kernel.shape[2]
+  xp = x_phase.reshape(b, h, w, s, s, cin)
+  groups = [(rs, tuple(j for j in range(3) if 0 <= s * (j - 1) + rs[0] + 2 < s + 4)) for rs, _ in phase_groups(s)]
+  out = None
+  for ry, jy in groups:
+    for rx, jx in groups:
+      part = xp[:, :, :, ry[0]:ry[-1] + 1, rx[0]:rx[-1] + 1].reshape(b, h, w, len(ry) * len(rx) * cin)
+      y = conv(part, _group_kernel(kernel, s, ry, jy, rx, jx, False), padding=(_pad_for(jy), _pad_for(jx)))
+      out = y if out is None else out + y
+  return out
+
+
+class PReLU(nn.Module):
+  """One learnable slope per layer (PyTorch nn.PReLU() default), init 0.25."""
+
+  @nn.compact
+  def __call__(self, x):
+    a = self.param('slope', nn.initializers.constant(0.25), (), jnp.float32)
+    return jnp.where(x >= 0, x, a.astype(x.dtype) * x)
+
+
+def _torch_like_init(fan_in: int):
+  # PyTorch's default conv init (kaiming_uniform a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+  # kernel and bias. It keeps the deep residual back-projection stack well scaled at init.
+  bound = 1.0 / (fan_in ** 0.5)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class Conv(nn.Module):
+  """k x k 'same' conv with bias, PyTorch-style init, compute in `dtype`."""
+  features: int
+  kernel_size: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    k = self.kernel_size
+    init = _torch_like_init(cin * k * k)
+    w = self.param('kernel', init, (k, k, cin, self.features))
+    b = self.param('bias', init, (self.features,))
+    pad = ((k // 2, k // 2),) * 2
+    y = conv(x.astype(self.dtype), w.astype(self.dtype), padding=pad)
+    return y + b.astype(self.dtype)
+
+
+class BPConv(nn.Module):
+  """A back-projection conv: 'deconv' (LR -> HR) or 'conv' (HR -> LR), k x k params, two forms.
+
+  Inputs and outputs that are HR use phase layout when impl == 'polyphase', HR layout otherwise.
+  """
+  features: int
+  scale: int
+  kind: str  # 'deconv' | 'conv'
+  impl: str = 'polyphase'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.scale
+    k, _, _ = bp_geometry(s)
+    if self.kind == 'deconv':
+      cin = x.shape[-1]
+      # PyTorch ConvTranspose2d fan_in is computed from weight dim 1 (= out channels) * k * k.
+      fan_in = self.features * k * k
+    else:
+      cin = x.shape[-1] // (s * s) if self.impl == 'polyphase' else x.shape[-1]
+      fan_in = cin * k * k
+    init = _torch_like_init(fan_in)
+    w = self.param('kernel', init, (k, k, cin, self.features)).astype(self.dtype)
+    b = self.param('bias', init, (self.features,)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    if self.impl == 'polyphase':
+      if self.kind == 'deconv':
+        return deconv_polyphase(x, w, s) + jnp.tile(b, s * s)
+      return conv_s_polyphase(x, w, s) + b
+    if self.kind == 'deconv':
+      return deconv_reference(x, w, s) + b
+    return conv_s_reference(x, w, s) + b
+
+
+class UpProjection(nn.Module):
+  """DBPN up-projection: h0 = deconv(L); l0 = conv(h0); h1 = deconv(l0 - L); return h1 + h0."""
+  channels: int
+  scale: int
+  impl: str = 'polyphase'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, lr):
+    bp = lambda kind, name: BPConv(self.channels, self.scale, kind, self.impl, self.dtype, name=name)
+    h0 = PReLU(name='act1')(bp('deconv', 'deconv1')(lr))
+    l0 = PReLU(name='act2')(bp('conv', 'conv1')(h0))
+    h1 = PReLU(name='act3')(bp('deconv', 'deconv2')(l0 - lr.astype(l0.dtype)))
+    return h1 + h0
+
+
+class DownProjection(nn.Module):
+  """DBPN down-projection: l0 = conv(H); h0 = deconv(l0); l1 = conv(h0 - H); return l1 + l0."""
+  channels: int
+  scale: int
+  impl: str = 'polyphase'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, hr):
+    bp = lambda kind, name: BPConv(self.channels, self.scale, kind, self.impl, self.dtype, name=name)
+    l0 = PReLU(name='act1')(bp('conv', 'conv1')(hr))
+    h0 = PReLU(name='act2')(bp('deconv', 'deconv1')(l0))
+    l1 = PReLU(name='act3')(bp('conv', 'conv2')(h0 - hr.astype(h0.dtype)))
+    return l1 + l0
+
+
+class Shallow(nn.Module):
+  """conv3x3 cin->F, PReLU; conv3x3 F->F, PReLU; conv1x1 F->C, PReLU."""
+  feat: int
+  channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = PReLU()(Conv(self.feat, 3, self.dtype)(x))
+    x = PReLU()(Conv(self.feat, 3, self.dtype)(x))
+    return PReLU()(Conv(self.channels, 1, self.dtype)(x))
+
+
+class SideHead(nn.Module):
+  """Training-only side output of one stage: conv3x3(PReLU(conv3x3(F, C)), 1)."""
+  channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, f):
+    return Conv(1, 3, self.dtype)(PReLU()(Conv(self.channels, 3, self.dtype)(f)))
+

@@ -1,0 +1,28 @@
+"""SPNet: predicts the scene-structure (gradient) map from both nets' uncertainty-weighted features."""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsr_jax.models import dsrnet
+from dsr_jax.models import layers
+
+
+class SPNet(nn.Module):
+  channels: int = 64
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    dsrnet.validate(channels=self.channels)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, f_sr, f_de, d_sr, d_de, d_hr):
+    c = self.channels
+    u_sr = jax.nn.sigmoid(layers.Conv(c, 1, self.dtype, name='u_sr')(d_sr - d_hr))
+    u_de = jax.nn.sigmoid(layers.Conv(c, 1, self.dtype, name='u_de')(d_de - d_hr))
+    x = jnp.concatenate([f_sr.astype(self.dtype) * (1 + u_sr), f_de.astype(self.dtype) * (1 + u_de)], -1)
+    for i in range(4):
+      x = layers.PReLU(name=f'act_{i}')(layers.Conv(c, 3, self.dtype, name=f'conv_{i}')(x))
+    return layers.Conv(1, 3, self.dtype, name='conv_4')(x).astype(jnp.float32)
