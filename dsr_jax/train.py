@@ -1,0 +1,291 @@
+"""train_and_evaluate(config, workdir): mesh, state, the phase schedule, logging, checkpoints, validation.
+
+No math lives here: losses are in losses.py, the steps in steps.py, the role logic in roles.py.
+"""
+import functools
+import os
+import queue
+import threading
+import time
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+from dsr_jax import checkpointing
+from dsr_jax import models as models_lib
+from dsr_jax import optim
+from dsr_jax import roles
+from dsr_jax import sharding
+from dsr_jax import state as state_lib
+from dsr_jax import steps
+from dsr_jax.errors import ConfigError
+from dsr_jax.errors import UserError
+
+
+class NonFiniteLoss(UserError):
+  """Training produced a NaN/Inf loss; the message names the step and the term."""
+
+
+def cross_task(config) -> bool:
+  return bool(config.model.get('use_denet', True))
+
+
+def validate(config) -> None:
+  roles.validate(config.train)
+  models_lib.build(config.model)
+  if config.ckpt.every_steps < 1 or config.ckpt.keep < 1:
+    raise ConfigError(f'ckpt.every_steps={config.ckpt.every_steps}, ckpt.keep={config.ckpt.keep}: '
+                      'expected positive integers')
+  n = jax.device_count()
+  if config.train.batch_size % n:
+    raise ConfigError(f'train.batch_size={config.train.batch_size}: expected a multiple of the '
+                      f'device count {n}')
+
+
+class Prefetcher:
+  """Background thread: next(iterator) -> global device arrays, `size` batches ahead of the step.
+
+  Each item carries the iterator state just after its batch, so a checkpoint taken after consuming it
+  records the exact position regardless of how far ahead the thread has read.
+  """
+
+  def __init__(self, iterator, mesh, size: int, poison_step: int = -1, start_step: int = 0):
+    self._it, self._mesh = iterator, mesh
+    self._q = queue.Queue(maxsize=max(size, 1))
+    self._stop = threading.Event()
+    self._poison, self._step = poison_step, start_step
+    self._t = threading.Thread(target=self._run, daemon=True)
+    self._t.start()
+
+  def _run(self):
+    try:
+      while not self._stop.is_set():
+        batch = next(self._it)
+        st = self._it.get_state()
+        if self._step == self._poison:  # test-only NaN injection (train.debug_poison_step)
+          batch = dict(batch, hr_depth=np.full_like(batch['hr_depth'], np.nan))
+        self._step += 1
+        item = (sharding.to_global(batch, self._mesh), st)
+        while not self._stop.is_set():
+          try:
+            self._q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except Exception as e:  # pylint: disable=broad-except
+      self._q.put(e)
+
+  def get(self):
+    item = self._q.get()
+    if isinstance(item, Exception):
+      raise item
+    return item
+
+  def close(self):
+    self._stop.set()
+    self._t.join(timeout=5)
+
+
+def colourise(x, cmap='viridis', lo=None, hi=None):
+  """(H, W) float -> (H, W, 3) uint8 with a matplotlib colormap."""
+  x = np.asarray(x, np.float32)
+  lo = float(np.nanmin(x)) if lo is None else lo
+  hi = float(np.nanmax(x)) if hi is None else hi
+  y = (x - lo) / max(hi - lo, 1e-8)
+  return (matplotlib.colormaps[cmap](np.clip(y, 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def image_summaries(models, params, batch, scale: int):
+  """LR, SR, GT, DE output, structure prediction and target, error map of the first example."""
+  from dsr_jax import losses  # pylint: disable=g-import-not-at-top
+  one = jax.tree.map(lambda x: x[:1], batch)
+  sr = models.dsr.apply({'params': params['dsr']}, one['lr_depth'], train=True)
+  out = {'lr': one['lr_depth'], 'sr': sr['depth'], 'gt': one['hr_depth'],
+         'error': jnp.abs(sr['depth'] - one['hr_depth']) * one['valid'],
+         'structure_target': losses.gradient_magnitude(one['hr_depth'])}
+  if models.denet is not None:
+    de = models.denet.apply({'params': params['denet']}, one['rgb'], train=True)
+    out['de'] = de['depth']
+    if models.spnet is not None:
+      out['structure_pred'] = models.spnet.apply({'params': params['spnet']}, sr['feats'][-1],
+                                                 de['feats'][-1], sr['depth'], de['depth'], one['hr_depth'])
+  return out
+
+
+def _write_images(writer, step, imgs):
+  imgs = jax.device_get(imgs)
+  gt = imgs['gt'][0, ..., 0]
+  lo, hi = float(gt.min()), float(gt.max())
+  pics = {}
+  for k, v in imgs.items():
+    v = v[0, ..., 0]
+    if k in ('lr', 'sr', 'gt', 'de'):
+      pics[k] = colourise(v, 'viridis', lo, hi)
+    elif k == 'error':
+      pics[k] = colourise(v, 'inferno', 0.0, max(float(v.max()), 1e-3))
+    else:
+      pics[k] = colourise(v, 'magma')
+  writer.write_images(step, {f'images/{k}': v[None] for k, v in pics.items()})
+
+
+def validation_mad(config, models, params, mesh=None):
+  """Mean per-image MAD (dataset units) of DSRNet and of the bicubic baseline on the validation split."""
+  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  del mesh
+  s = config.model.scale
+  fwd = jax.jit(lambda p, lr: models.dsr.apply({'params': p}, lr))
+  ours, bic = [], []
+  for b in pipeline.eval_dataset(config, config.data.val_split):
+    h, w = b['hr_depth'].shape[1:3]
+    pred = np.asarray(fwd(params['dsr'], jnp.asarray(b['lr_depth'])))[:, :h, :w]
+    base = degradation.upsample_bicubic(b['lr_depth'], s)[:, :h, :w]
+    for i in range(len(b['mask'])):
+      if not b['mask'][i]:
+        continue
+      v = b['valid'][i] > 0
+      n = float(b['norm'][i])
+      ours.append(np.abs(pred[i] - b['hr_depth'][i])[v].mean() * n)
+      bic.append(np.abs(base[i] - b['hr_depth'][i])[v].mean() * n)
+  return float(np.mean(ours)), float(np.mean(bic)), len(ours)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in workdir) and returns the final validation summary."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  tcfg = config.train
+  is_ct = cross_task(config)
+  models = models_lib.build(config.model)
+  nets = tuple(n for n, m in (('dsr', models.dsr), ('denet', models.denet), ('spnet', models.spnet))
+               if m is not None)
+  tx = optim.make(config, nets)
+  mesh = sharding.make_mesh()
+  repl = sharding.replicated(mesh)
+  data_sh = sharding.data_sharded(mesh)
+  scale = config.model.scale
+
+  create = functools.partial(state_lib.create, models, tx, scale=scale)
+  key = jax.random.key(config.seed)
+  abstract = jax.eval_shape(create, key)
+  train_iter = iter(pipeline.train_dataset(config))
+
+  mngr = checkpointing.manager(workdir, config.ckpt.keep)
+  restored = checkpointing.restore_latest(mngr, abstract, repl)
+  if restored is None:
+    state = jax.jit(create, out_shardings=repl)(key)
+    data_state = None
+  else:
+    step0, params, opt_state, role, data_state = restored
+    state = jax.device_put(abstract.replace(
+        params=params, opt_state=opt_state,
+        **{k: jnp.asarray(np.asarray(role[k], dtype=getattr(abstract, k).dtype)) for k in role}), repl)
+    train_iter.set_state(data_state)
+    logging.info('resumed from step %d', step0)
+  start = int(jax.device_get(state.step))
+
+  # One compiled step per phase; phases are static, so a role switch never recompiles.
+  lr_method = config.data.degrade if config.data.get('lr_on_device', False) else ''
+  jitted = {}
+
+  def step_fn(phase):
+    if phase.name not in jitted:
+      fn = functools.partial(steps.train_step, models=models, tx=tx, phase=phase, loss_cfg=config.loss,
+                             scale=scale, lr_method=lr_method)
+      jitted[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=(repl, repl),
+                                   donate_argnums=0)
+    return jitted[phase.name]
+
+  new_round = jax.jit(steps.start_round, out_shardings=repl, donate_argnums=0)
+  images_fn = jax.jit(functools.partial(image_summaries, models, scale=scale))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start == 0:
+    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+  report = periodic_actions.ReportProgress(num_train_steps=tcfg.num_steps, writer=writer)
+  hooks = [report]
+  if tcfg.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+
+  prefetch = Prefetcher(train_iter, mesh, config.data.prefetch, tcfg.debug_poison_step, start)
+  acc, n_acc = None, 0
+  last_data_state = data_state if data_state is not None else train_iter.get_state()
+  t_log = time.perf_counter()
+  summary = {}
+  try:
+    with metric_writers.ensure_flushes(writer), jax.set_mesh(mesh):
+      for step in range(start, tcfg.num_steps):
+        if is_ct and roles.is_round_start(step, tcfg.stage1_steps, tcfg.round_steps):
+          s_ = jax.device_get(state.err_sum) / max(int(jax.device_get(state.err_count)), 1)
+          teacher = roles.pick_teacher(float(s_[0]), float(s_[1]), tcfg.fixed_teacher)
+          state = new_round(state, teacher)
+        elif not is_ct or step < tcfg.stage1_steps:
+          if step % tcfg.round_steps == 0 and step > 0:
+            state = new_round(state, roles.NO_TEACHER)
+        phase = roles.phase_for(int(jax.device_get(state.teacher)) if is_ct and step >= tcfg.stage1_steps
+                                else roles.NO_TEACHER, is_ct)
+        batch, last_data_state = prefetch.get()
+        state, terms = step_fn(phase)(state, batch)
+        acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
+        n_acc += 1
+        done = step + 1
+        for h in hooks:
+          h(done)
+        is_last = done == tcfg.num_steps
+        if done % tcfg.log_every == 0 or is_last:
+          _check_finite(state)
+          vals = {f'train/{k}': float(v) / n_acc for k, v in jax.device_get(acc).items()}
+          now = time.perf_counter()
+          vals['train/steps_per_s'] = n_acc / (now - t_log)
+          t_log = now
+          role = jax.device_get((state.teacher, state.prev_err))
+          vals['train/teacher'] = float(role[0])
+          vals['train/e_dsr_prev_round'], vals['train/e_de_prev_round'] = map(float, role[1])
+          for k, v in optim.learning_rates(config, step).items():
+            if k in nets:
+              vals[f'train/lr_{k}'] = v
+          writer.write_scalars(done, vals)
+          acc, n_acc = None, 0
+        if done % tcfg.image_every == 0 or is_last:
+          _write_images(writer, done, images_fn(state.params, batch))
+        if config.eval.every_steps and (done % config.eval.every_steps == 0) and not is_last:
+          with report.timed('eval'):
+            mad, bic, n = validation_mad(config, models, state.params)
+          writer.write_scalars(done, {'eval/mad': mad, 'eval/bicubic_mad': bic})
+        if done % config.ckpt.every_steps == 0 or is_last:
+          _check_finite(state)
+          checkpointing.save(mngr, done, state, state_lib.role_state(state), last_data_state, config)
+      _check_finite(state)
+      mad, bic, n = validation_mad(config, models, state.params)
+      writer.write_scalars(int(jax.device_get(state.step)), {'eval/mad': mad, 'eval/bicubic_mad': bic})
+      summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': n, 'workdir': workdir,
+                 'checkpoints': checkpointing.ckpt_dir(workdir), 'step': int(jax.device_get(state.step))}
+  finally:
+    prefetch.close()
+    mngr.wait_until_finished()
+    mngr.close()
+  return summary
+
+
+def _check_finite(state):
+  bad_step, bad_term = (int(x) for x in jax.device_get((state.bad_step, state.bad_term)))
+  if bad_step >= 0:
+    raise NonFiniteLoss(f'non-finite loss at step {bad_step} in term {steps.TERMS[bad_term]!r}; '
+                        'training stopped before it could be checkpointed')
+
+
+def _flat(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out
