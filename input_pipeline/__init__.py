@@ -1,0 +1,1 @@
+"""Data: manual-directory readers, TFDS builders, the synthetic default and the grain pipelines."""
