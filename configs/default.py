@@ -17,7 +17,7 @@ def get_config(arg=None):
   d.name = 'synthetic_rgbd'  # synthetic_rgbd | middlebury_lu | middlebury2005 | rgbdd | nyu_v2 (or 'a+b' mixes).
   d.dir = ''  # Root of the manual data directory (layout of ../shared/data); '' -> $DSR_DATA_DIR.
   d.tfds_dir = ''  # Where prepared TFDS ArrayRecords live; '' -> read the manual dir directly (in memory).
-  d.crop = 64  # HR training crop (pixels); must be a multiple of model.scale.
+  d.crop = 48  # HR training crop (pixels); must be a multiple of model.scale.
   d.augment = True  # Random flips and 90-degree rotations of the paired crop.
   d.degrade = 'bicubic'  # LR degradation: 'bicubic' (MATLAB imresize, antialiased) | 'nearest' | 'box'.
   d.noise_sigma = 0.0  # Gaussian noise std added to the LR, in the dataset's depth units (noisy-DSR).
@@ -26,6 +26,8 @@ def get_config(arg=None):
   d.prefetch = 2  # Batches prefetched to device ahead of the step.
   d.eval_batch = 1  # Whole-image eval batch size (padded so every image counts once).
   d.val_split = 'validation'  # Split used for periodic validation during training.
+  d.min_valid = 0.5  # A training crop with fewer valid depth pixels than this fraction is re-drawn.
+  d.crop_tries = 10  # Re-draws per example before the best crop found is kept.
   # synthetic_rgbd only
   d.synthetic = ml_collections.ConfigDict()
   d.synthetic.num_train = 256  # Number of distinct procedural train scenes.
@@ -36,8 +38,8 @@ def get_config(arg=None):
   c.model = m = ml_collections.ConfigDict()
   m.name = 'dsrnet'  # 'dsrnet' (trained) or 'bicubic' (baseline; eval only, no checkpoint).
   m.scale = 4  # Upsampling factor s in {2, 4, 8, 16}.
-  m.channels = 32  # C: back-projection channels (paper 64).
-  m.feat = 64  # F: shallow-feature width (paper 256).
+  m.channels = 16  # C: back-projection channels (paper 64).
+  m.feat = 32  # F: shallow-feature width (paper 256).
   m.stages = 4  # T: back-projection stages of DSRNet / residual stages of DENet (paper preset 7).
   m.de_blocks = 2  # R: residual blocks per DENet stage.
   m.residual = True  # (choice) add bicubic upsampling of the LR to DSRNet's output.
@@ -68,20 +70,20 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- schedule
   c.train = t = ml_collections.ConfigDict()
-  t.num_steps = 1200  # Total optimiser steps (stage 1 + stage 2).
-  t.stage1_steps = 400  # Warm-up stage: both nets on their own losses.
+  t.num_steps = 2000  # Total optimiser steps (stage 1 + stage 2).
+  t.stage1_steps = 600  # Warm-up stage: both nets on their own losses.
   t.round_steps = 100  # Steps per role round in stage 2 (paper: one epoch).
-  t.batch_size = 16  # Global batch (split over all devices and processes).
+  t.batch_size = 8  # Global batch (split over all devices and processes).
   t.fixed_teacher = ''  # '' = role exchange; 'denet' or 'dsr' pins the teacher (ablation).
-  t.log_every = 50  # Scalar summaries (the only host syncs of the loop).
-  t.image_every = 400  # Image summaries.
+  t.log_every = 100  # Scalar summaries (the only routine host syncs of the loop).
+  t.image_every = 500  # Image summaries.
   t.profile = False  # Capture a jax.profiler trace of a few steps into the workdir.
   t.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU).
   t.debug_poison_step = -1  # TEST ONLY: inject NaN into the batch at this step (NaN-guard tests).
 
   # ---------------------------------------------------------------- evaluation
   c.eval = e = ml_collections.ConfigDict()
-  e.every_steps = 400  # Periodic validation during training (0 = only at the end).
+  e.every_steps = 500  # Periodic validation during training (0 = only at the end).
   e.checkpoint_dir = ''  # eval mode: a training workdir, an Orbax checkpoint dir or one step's dir.
   e.dataset = ''  # eval mode: dataset to evaluate ('' = data.name); split 'test'.
   e.tile = 0  # Tile size for full-resolution inference (0 = whole image).
@@ -90,6 +92,6 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- checkpoints
   c.ckpt = k = ml_collections.ConfigDict()
-  k.every_steps = 400  # Save every N steps and at the end.
+  k.every_steps = 500  # Save every N steps and at the end.
   k.keep = 3  # Keep the last K checkpoints (plus the best by validation MAD).
   return c

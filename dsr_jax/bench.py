@@ -112,6 +112,140 @@ def cmd_dsrnet(a) -> dict:
   return out
 
 
+# Peak dense throughput (FLOP/s) by device kind, for MFU; CPU peaks are not meaningful and are left out.
+PEAK_FLOPS = {
+    ('NVIDIA H100 80GB HBM3', 'bfloat16'): 989e12, ('NVIDIA H100 80GB HBM3', 'float32'): 494e12,
+    ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 494e12,
+    ('NVIDIA A100-SXM4-40GB', 'bfloat16'): 312e12, ('NVIDIA A100-SXM4-40GB', 'float32'): 156e12,
+    ('NVIDIA A100-SXM4-80GB', 'bfloat16'): 312e12, ('NVIDIA A100-SXM4-80GB', 'float32'): 156e12,
+}
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument('--affinity-pool', type=int, default=32)
+  p.add_argument('--batch', type=int, default=4)
+  p.add_argument('--hr', type=int, default=128)
+  p.add_argument('--iters', type=int, default=5)
+  p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student'])
+
+
+def _bench_config(a):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model.update(model_config(a))
+  c.loss.affinity_pool = a.affinity_pool
+  c.train.batch_size = a.batch
+  c.data.crop = a.hr
+  for net in ('dsr', 'denet', 'spnet'):  # the peer's optimiser: plain Adam 1e-4, no clipping, no warm-up
+    c.optim[net].update(lr=1e-4, warmup_steps=0, schedule='constant', grad_clip=0.0)
+  return c
+
+
+def _inputs(a, with_rgb=True):
+  k = jax.random.split(jax.random.key(0), 3)
+  hr = jax.random.uniform(k[0], (a.batch, a.hr, a.hr, 1))
+  b = {'hr_depth': hr, 'lr_depth': jax.random.uniform(k[1], (a.batch, a.hr // a.scale, a.hr // a.scale, 1)),
+       'valid': jnp.ones_like(hr)}
+  if with_rgb:
+    b['rgb'] = jax.random.uniform(k[2], (a.batch, a.hr, a.hr, 3))
+  return b
+
+
+def _timed(compiled, args, iters):
+  t = time.perf_counter()
+  out = jax.block_until_ready(compiled(*args))  # first call (warm-up), excluded from the median
+  first = time.perf_counter() - t
+  times = []
+  for _ in range(iters):
+    t = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t)
+    args = (out[0],) + tuple(args[1:]) if isinstance(out, tuple) else args
+  return statistics.median(times), first
+
+
+def _report(a, fn, args, donate=()):
+  t = time.perf_counter()
+  lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops', 0.0)) if cost else None
+  except Exception:  # pylint: disable=broad-except
+    flops = None
+  step_s, _ = _timed(compiled, args, a.iters)
+  dev = jax.devices()[0]
+  peak = PEAK_FLOPS.get((dev.device_kind, a.dtype))
+  return {'impl': 'jax', 'device': f'{dev.platform}:{dev.device_kind}', 'dtype': a.dtype, 'batch': a.batch,
+          'hr': a.hr, 'scale': a.scale, 'stages': a.stages, 'step_s': step_s, 'images_per_s': a.batch / step_s,
+          'compile_s': compile_s, 'flops': flops,
+          'mfu': (flops / step_s / peak) if (flops and peak) else None, 'jax': jax.__version__}
+
+
+def cmd_train(a) -> dict:
+  """One jitted, state-donating train step of the given phase (default: stage 2, DSRNet student)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import optim, roles, state as state_lib, steps  # pylint: disable=g-import-not-at-top
+  c = _bench_config(a)
+  models = models_lib.build(c.model)
+  tx = optim.make(c)
+  st = jax.jit(functools.partial(state_lib.create, models, tx, scale=a.scale))(jax.random.key(0))
+  fn = functools.partial(steps.train_step, models=models, tx=tx, phase=roles.PHASES[a.phase], loss_cfg=c.loss,
+                         scale=a.scale)
+  out = _report(a, fn, (st, _inputs(a)), donate=(0,))
+  out.update(mode='train', phase=a.phase, params={k: count(v) for k, v in st.params.items()})
+  return out
+
+
+def cmd_infer(a) -> dict:
+  """DSRNet test-time forward pass (no side heads, no RGB)."""
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  models = models_lib.build(model_config(a))
+  params = state_lib.init_params(models, jax.random.key(0), a.scale)['dsr']
+  lr = _inputs(a, with_rgb=False)['lr_depth']
+  fn = lambda p, x: models.dsr.apply({'params': p}, x)
+  out = _report(a, fn, (params, lr))
+  out.update(mode='infer')
+  return out
+
+
+def _run_json(cmd):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
+  if r.returncode or not lines:
+    raise RuntimeError(f'{" ".join(cmd)} failed: {r.stderr.strip().splitlines()[-1:] }')
+  return json.loads(lines[-1])
+
+
+def cmd_compare(a) -> dict:
+  """Ours and the PyTorch peer, alternately in fresh processes on identical shapes; ratio = ours / peer."""
+  if not os.path.exists(a.peer) or importlib.util.find_spec('torch') is None:
+    from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError(f'--peer {a.peer}: the PyTorch peer (and torch) are needed for compare')
+  shared = ['--scale', a.scale, '--stages', a.stages, '--channels', a.channels, '--feat', a.feat,
+            '--de-blocks', a.de_blocks, '--affinity-pool', a.affinity_pool, '--batch', a.batch, '--hr', a.hr,
+            '--iters', a.iters]
+  shared = [str(x) for x in shared]
+  ours_cmd = [sys.executable, '-m', 'dsr_jax.bench', a.mode, *shared, '--dtype', a.dtype, '--bp-impl', a.bp_impl]
+  if a.mode == 'train':
+    ours_cmd += ['--phase', 'dsr_student']
+  peer_cmd = [sys.executable, a.peer, '--mode', a.mode, *shared] + (['--compile'] if a.peer_compile else [])
+  runs = {'ours': [], 'peer': []}
+  for _ in range(a.rounds):
+    runs['ours'].append(_run_json(ours_cmd))
+    runs['peer'].append(_run_json(peer_cmd))
+  best = {k: max(r['images_per_s'] for r in v) for k, v in runs.items()}
+  return {'mode': a.mode, 'ours_images_per_s': best['ours'], 'peer_images_per_s': best['peer'],
+          'ratio': best['ours'] / best['peer'], 'rounds': a.rounds, 'peer_compile': a.peer_compile,
+          'ours': runs['ours'][-1], 'peer': runs['peer'][-1],
+          'all_images_per_s': {k: [r['images_per_s'] for r in v] for k, v in runs.items()}}
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m dsr_jax.bench', description=__doc__)
   sub = parser.add_subparsers(dest='cmd', required=True)
@@ -126,6 +260,20 @@ def main(argv=None) -> int:
   p.add_argument('--impls', default='polyphase,reference')
   p.add_argument('--peer', default=PEER, help='path of torch_ctkt.py ("" to skip)')
   p.set_defaults(fn=cmd_dsrnet)
+  for name, fn, helptext in (('train', cmd_train, 'one jitted train step'),
+                             ('infer', cmd_infer, 'DSRNet inference')):
+    p = sub.add_parser(name, help=helptext)
+    add_model_args(p)
+    add_run_args(p)
+    p.set_defaults(fn=fn)
+  p = sub.add_parser('compare', help='ours vs the PyTorch peer, alternately, same shapes')
+  p.add_argument('mode', choices=['train', 'infer'])
+  add_model_args(p)
+  add_run_args(p)
+  p.add_argument('--rounds', type=int, default=2)
+  p.add_argument('--peer', default=PEER)
+  p.add_argument('--peer-compile', action='store_true', help='torch.compile the peer step')
+  p.set_defaults(fn=cmd_compare)
   try:
     from input_pipeline import bench_pipeline  # pylint: disable=g-import-not-at-top
     p = sub.add_parser('pipeline', help='grain input-pipeline throughput')

@@ -42,7 +42,13 @@ def run(config, workdir: str) -> int:
         print(f'TensorBoard logs: {summary["workdir"]}  (tensorboard --logdir {summary["workdir"]})')
         print(f'checkpoints: {summary["checkpoints"]}')
       return 0
-    raise UserError(f"mode={config.mode!r}: expected 'train'")
+    if config.mode == 'eval':
+      from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+      result = evaluate.run(config, workdir)
+      if jax.process_index() == 0:
+        print(evaluate.summary(result))
+      return 0
+    raise UserError(f"mode={config.mode!r}: expected 'train' or 'eval'")
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -60,5 +66,23 @@ def main(argv):
   return run(FLAGS.config, FLAGS.workdir)
 
 
+def _one_line(e: BaseException) -> str:
+  text = str(e).replace('\\n', ' ').replace("\\'", "'")
+  return ' '.join(text.split()).strip('"\'')
+
+
+def parse_flags(argv):
+  """absl's parser, but a bad flag, config file or config override is one line and exit status 2."""
+  try:
+    rest = FLAGS(argv)
+    _ = list(FLAGS.config.keys())  # config_flags loads the file (and applies overrides) lazily: fail here, not later
+    return rest
+  except Exception as e:  # pylint: disable=broad-except
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    where = f' (overrides: {", ".join(overrides)})' if overrides else ''
+    print(f'error: {type(e).__name__}: {_one_line(e)}{where}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

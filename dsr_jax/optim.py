@@ -12,11 +12,21 @@ NETS = ('dsr', 'denet', 'spnet')
 
 
 def schedule(cfg, num_steps: int):
-  warm = min(cfg.warmup_steps, max(num_steps - 1, 0))
+  """Linear warm-up from lr / warmup (not 0: a net's first update must move it), then cosine or constant.
+
+  The count is the network's own Adam count, which a frozen network does not advance.
+  """
+  warm = max(int(min(cfg.warmup_steps, max(num_steps - 1, 0))), 0)
+  if cfg.schedule not in ('cosine', 'constant'):
+    from dsr_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(f"optim.*.schedule={cfg.schedule!r}: expected 'cosine' or 'constant'")
   if cfg.schedule == 'constant':
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, max(warm, 1)), optax.constant_schedule(cfg.lr)],
-                                [max(warm, 1)]) if warm else optax.constant_schedule(cfg.lr)
-  return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warm, 1), max(num_steps, warm + 1), cfg.lr * 0.01)
+    after = optax.constant_schedule(cfg.lr)
+  else:
+    after = optax.cosine_decay_schedule(cfg.lr, max(num_steps - warm, 1), alpha=0.01)
+  if not warm:
+    return after
+  return optax.join_schedules([optax.linear_schedule(cfg.lr / warm, cfg.lr, warm), after], [warm])
 
 
 def net_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:

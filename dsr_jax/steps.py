@@ -3,6 +3,7 @@
 The teacher's parameters enter through `stop_gradient`, so its backward pass is never built; its outputs
 are constants for the student's distillation terms.
 """
+import collections
 from typing import Any
 
 import jax
@@ -12,6 +13,10 @@ import optax
 from dsr_jax import losses
 from dsr_jax import roles
 from dsr_jax.state import TrainState
+
+# Python-side count of how often each phase's step was traced (a trace runs this module's Python code;
+# a cached compiled call does not). Tests use it to prove a role switch never recompiles.
+TRACES = collections.Counter()
 
 # Logged loss terms, in the order used by TrainState.bad_term.
 TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de')
@@ -37,7 +42,8 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int):
     return t['total'], t
   de = models.denet.apply({'params': sg('denet')}, batch['rgb'], train=True)
   t['e_de'] = losses.l1(de['depth'], hr, v)
-  t['de'] = losses.de_loss(de['depth'], hr, v, loss_cfg.ssim_lambda)
+  if tr['denet']:  # L_DE (with SSIM) only where DENet learns from it; a frozen teacher needs e_de alone
+    t['de'] = losses.de_loss(de['depth'], hr, v, loss_cfg.ssim_lambda)
   if phase.name == 'stage1':
     t['total'] = t['dsr'] + t['de']
     return t['total'], t
@@ -68,6 +74,7 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int):
 
 def train_step(state: TrainState, batch, *, models, tx, phase: roles.Phase, loss_cfg, scale: int,
                lr_method: str = '') -> tuple[TrainState, dict[str, Any]]:
+  TRACES[phase.name] += 1
   if lr_method:
     batch = dict(batch, lr_depth=make_lr(batch, scale, lr_method))
   (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(

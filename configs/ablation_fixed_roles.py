@@ -1,0 +1,8 @@
+"""Ablation: fixed roles, DENet is always the teacher (no role exchange)."""
+from configs import default
+
+
+def get_config(arg=None):
+  c = default.get_config(arg)
+  c.train.fixed_teacher = 'denet'
+  return c

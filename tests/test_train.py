@@ -1,0 +1,194 @@
+"""Training: frozen teachers, one trace per phase, device-count invariance, exact resume, smoke run."""
+import functools
+import glob
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from dsr_jax import models as models_lib
+from dsr_jax import optim
+from dsr_jax import roles
+from dsr_jax import sharding
+from dsr_jax import state as state_lib
+from dsr_jax import steps
+from dsr_jax import train
+
+
+def _batch(cfg, n=8, seed=0):
+  s, crop = cfg.model.scale, cfg.data.crop
+  k = jax.random.split(jax.random.key(seed), 3)
+  hr = jax.random.uniform(k[0], (n, crop, crop, 1))
+  return {'hr_depth': hr,
+          'lr_depth': jax.image.resize(hr, (n, crop // s, crop // s, 1), 'cubic'),
+          'rgb': jax.random.uniform(k[1], (n, crop, crop, 3)),
+          'valid': (jax.random.uniform(k[2], (n, crop, crop, 1)) > 0.1).astype(jnp.float32)}
+
+
+def _setup(cfg=None):
+  cfg = cfg or test_config.get_config()
+  models = models_lib.build(cfg.model)
+  tx = optim.make(cfg)
+  st = state_lib.create(models, tx, jax.random.key(0), cfg.model.scale)
+  return cfg, models, tx, st
+
+
+def _step(cfg, models, tx, phase):
+  return jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=phase, loss_cfg=cfg.loss,
+                                   scale=cfg.model.scale))
+
+
+def _opt_leaves(opt_state, net):
+  # PartitionState.inner_states[net] is a MaskedState whose inner_state is the ConditionallyMaskState
+  # (step counter of the gate, inner Adam state).
+  inner = opt_state.inner_states[net].inner_state
+  return inner.inner_state
+
+
+@pytest.mark.parametrize('phase,teacher,student', [(roles.DSR_STUDENT, 'denet', 'dsr'),
+                                                   (roles.DE_STUDENT, 'dsr', 'denet')])
+def test_frozen_teacher_bit_identical(phase, teacher, student):
+  cfg, models, tx, st = _setup()
+  # One stage-1 step first, so the teacher's Adam moments and count are non-trivial.
+  st, _ = _step(cfg, models, tx, roles.STAGE1)(st, _batch(cfg))
+  before = jax.device_get(st)
+  after, terms = _step(cfg, models, tx, phase)(st, _batch(cfg, seed=1))
+  after = jax.device_get(after)
+  assert np.isfinite(float(terms['total']))
+  chex.assert_trees_all_equal(before.params[teacher], after.params[teacher])
+  chex.assert_trees_all_equal(_opt_leaves(before.opt_state, teacher), _opt_leaves(after.opt_state, teacher))
+  t_adam = [x for x in jax.tree.leaves(_opt_leaves(after.opt_state, teacher))]
+  assert any(np.any(np.asarray(x) != 0) for x in t_adam), 'teacher moments should be non-trivial'
+  for net in (student, 'spnet'):
+    diff = jax.tree.map(lambda a, b: np.any(a != b), before.params[net], after.params[net])
+    assert any(jax.tree.leaves(diff)), f'{net} should have changed'
+  # Adam count of the student advanced, the teacher's did not.
+  count = lambda s, n: [x for x in jax.tree.leaves(_opt_leaves(s.opt_state, n)) if np.ndim(x) == 0]
+  assert count(before, teacher) == count(after, teacher)
+  assert count(before, student) != count(after, student)
+
+
+def test_stage1_spnet_frozen_and_both_nets_train():
+  cfg, models, tx, st = _setup()
+  before = jax.device_get(st)
+  after, _ = _step(cfg, models, tx, roles.STAGE1)(st, _batch(cfg))
+  after = jax.device_get(after)
+  chex.assert_trees_all_equal(before.params['spnet'], after.params['spnet'])
+  for net in ('dsr', 'denet'):
+    assert any(jax.tree.leaves(jax.tree.map(lambda a, b: np.any(a != b), before.params[net], after.params[net])))
+
+
+def test_teacher_gets_no_backward_pass():
+  """The DSR-student step's gradient graph holds no DENet backward: its jaxpr has fewer convs."""
+  cfg, models, tx, st = _setup()
+  b = _batch(cfg)
+  def n_convs(phase):
+    f = functools.partial(steps.loss_fn, models=models, phase=phase, loss_cfg=cfg.loss, scale=cfg.model.scale)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: f(p, b)[0]))(st.params)
+    return str(jaxpr).count('conv_general_dilated')
+  frozen = n_convs(roles.DSR_STUDENT)
+  both = n_convs(roles.Phase('both', (('dsr', True), ('denet', True), ('spnet', True))))
+  assert frozen < both
+
+
+def test_role_logic_sequence_and_ties():
+  errs = [(0.1, 0.2), (0.3, 0.2), (0.2, 0.2), (0.5, 0.05), (0.01, 0.9)]
+  assert [roles.pick_teacher(a, b) for a, b in errs] == [roles.DSR, roles.DENET, roles.DSR, roles.DENET, roles.DSR]
+  assert [roles.phase_for(roles.pick_teacher(a, b)).name for a, b in errs] == [
+      'de_student', 'dsr_student', 'de_student', 'dsr_student', 'de_student']
+  assert roles.pick_teacher(0.1, 0.9, fixed='denet') == roles.DENET
+  assert roles.phase_for(roles.NO_TEACHER).name == 'stage1'
+  assert roles.phase_for(roles.DSR, cross_task=False).name == 'dsr_only'
+  assert [roles.is_round_start(s, 4, 2) for s in range(9)] == [False] * 4 + [True, False, True, False, True]
+
+
+def test_one_device_equals_eight_devices():
+  assert jax.device_count() == 8
+  cfg, models, tx, st0 = _setup()
+  batches = [_batch(cfg, seed=i) for i in range(3)]
+  results = []
+  for devs in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.make_mesh(devs)
+    repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+    fn = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=roles.DSR_STUDENT,
+                                   loss_cfg=cfg.loss, scale=cfg.model.scale),
+                 in_shardings=(repl, data), out_shardings=(repl, repl))
+    st = jax.device_put(st0, repl)
+    with jax.set_mesh(mesh):
+      for b in batches:
+        st, terms = fn(st, jax.device_put(b, data))
+    results.append((jax.device_get(st.params), float(terms['total'])))
+  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+  chex.assert_trees_all_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
+
+
+def _event_tags(workdir):
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(glob.glob(f'{workdir}/events.out.tfevents.*')[0],
+                                           size_guidance={'tensors': 0})
+  acc.Reload()
+  return acc
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  """One tiny full run (stage 1 + several stage-2 rounds, role switches forced by a patched picker)."""
+  wd = tmp_path_factory.mktemp('smoke')
+  cfg = test_config.get_config()
+  cfg.train.num_steps, cfg.train.stage1_steps, cfg.train.round_steps = 10, 2, 2
+  cfg.ckpt.every_steps = 6
+  steps.TRACES.clear()
+  teachers = iter([roles.DENET, roles.DSR, roles.DENET, roles.DSR, roles.DENET])
+  orig = roles.pick_teacher
+  roles.pick_teacher = lambda *a, **k: next(teachers)
+  try:
+    summary = train.train_and_evaluate(cfg, str(wd))
+  finally:
+    roles.pick_teacher = orig
+  return cfg, wd, summary, dict(steps.TRACES)
+
+
+def test_smoke_all_phases_one_trace_each_and_images(smoke_run):
+  cfg, wd, summary, traces = smoke_run
+  assert summary['step'] == 10 and np.isfinite(summary['val_mad'])
+  # stage 1, then rounds alternating DSR-student / DE-student: each phase traced exactly once.
+  assert traces == {'stage1': 1, 'dsr_student': 1, 'de_student': 1}
+  acc = _event_tags(wd)
+  tags = acc.Tags()['tensors']
+  for t in ('images/sr', 'images/gt', 'images/lr', 'images/de', 'images/error', 'images/structure_pred',
+            'images/structure_target', 'train/total', 'train/struct', 'train/aff', 'train/teacher'):
+    assert t in tags, t
+  import tensorflow as tf
+  teacher_log = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors('train/teacher')]
+  assert -1.0 in teacher_log and 0.0 in teacher_log and 1.0 in teacher_log, teacher_log
+
+
+def test_resume_is_exact(smoke_run, tmp_path):
+  cfg, wd, summary, _ = smoke_run
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(wd, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '10')  # as if preempted after the step-6 checkpoint
+  teachers = iter([roles.DENET, roles.DSR])  # rounds starting at steps 6 and 8, as in the first run
+  orig = roles.pick_teacher
+  roles.pick_teacher = lambda *a, **k: next(teachers)
+  try:
+    s2 = train.train_and_evaluate(cfg, str(resumed))
+  finally:
+    roles.pick_teacher = orig
+  assert s2['step'] == 10
+  import orbax.checkpoint as ocp
+  load = lambda d: ocp.StandardCheckpointer().restore(d / 'checkpoints' / '10' / 'params')
+  chex.assert_trees_all_equal(load(wd), load(resumed))
+
+
+def test_nan_guard_names_step_and_term(tmp_path):
+  cfg = test_config.get_config()
+  cfg.train.num_steps, cfg.ckpt.every_steps, cfg.train.debug_poison_step = 6, 2, 3
+  with pytest.raises(train.NonFiniteLoss, match=r"step 3 in term 'total'"):
+    train.train_and_evaluate(cfg, str(tmp_path))
+  # The last good checkpoint (step 2) exists; nothing at or after the poisoned step was saved.
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['2']
