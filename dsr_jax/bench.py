@@ -152,16 +152,16 @@ def _inputs(a, with_rgb=True):
 
 
 def _timed(compiled, args, iters):
-  t = time.perf_counter()
-  out = jax.block_until_ready(compiled(*args))  # first call (warm-up), excluded from the median
-  first = time.perf_counter() - t
+  """Median seconds per call after one warm-up call; a returned state replaces the donated argument 0."""
   times = []
-  for _ in range(iters):
+  for i in range(iters + 1):
     t = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t)
-    args = (out[0],) + tuple(args[1:]) if isinstance(out, tuple) else args
-  return statistics.median(times), first
+    if i:
+      times.append(time.perf_counter() - t)
+    if isinstance(out, tuple):
+      args = (out[0],) + tuple(args[1:])
+  return statistics.median(times)
 
 
 def _report(a, fn, args, donate=()):
@@ -175,7 +175,7 @@ def _report(a, fn, args, donate=()):
     flops = float(cost.get('flops', 0.0)) if cost else None
   except Exception:  # pylint: disable=broad-except
     flops = None
-  step_s, _ = _timed(compiled, args, a.iters)
+  step_s = _timed(compiled, args, a.iters)
   dev = jax.devices()[0]
   peak = PEAK_FLOPS.get((dev.device_kind, a.dtype))
   return {'impl': 'jax', 'device': f'{dev.platform}:{dev.device_kind}', 'dtype': a.dtype, 'batch': a.batch,

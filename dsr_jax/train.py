@@ -41,6 +41,8 @@ def validate(config) -> None:
   if config.ckpt.every_steps < 1 or config.ckpt.keep < 1:
     raise ConfigError(f'ckpt.every_steps={config.ckpt.every_steps}, ckpt.keep={config.ckpt.keep}: '
                       'expected positive integers')
+  if config.data.get('lr_on_device', False) and config.data.noise_sigma > 0:
+    raise ConfigError('data.noise_sigma > 0 needs data.lr_on_device=False (the noise is added on the host)')
   n = jax.device_count()
   if config.train.batch_size % n:
     raise ConfigError(f'train.batch_size={config.train.batch_size}: expected a multiple of the '
