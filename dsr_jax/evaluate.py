@@ -1,0 +1,565 @@
+"""Full-resolution inference (`super_resolve`) and the evaluation protocols (eval mode of dsr_jax.main).
+
+Eval mode:
+  python -m dsr_jax.main --config configs/eval_middlebury2005.py --workdir W --config.eval.checkpoint_dir=C
+  python -m dsr_jax.main --config configs/eval_middlebury2005.py --workdir W \
+      --config.model.name=bicubic --config.model.scale=4       # the bicubic baseline, no checkpoint
+It evaluates split 'test' of eval.dataset (or data.name) and writes W/eval/<dataset>_x<s>.json (per-scene
+MAD, RMSE, PSNR, SSIM in protocol units, and their means) and W/eval/<dataset>_x<s>.md (Markdown tables;
+for middlebury2005 beside the paper's Table 1 rows). The model and its scale come from the checkpoint's
+saved config; model.scale = 0 (the eval configs' value) means "the checkpoint's scale", any other value
+must agree with it.
+
+Inference
+---------
+`super_resolve(dsr, params, lr)` runs DSRNet on one normalised LR map of any size:
+- Border: the LR map is extended by symmetric reflection (MATLAB's `imresize` padding: edge pixel
+  repeated) by `margin` LR pixels on every side before the network sees it, and the output is cropped
+  back. So the global bicubic residual inside DSRNet equals MATLAB `imresize` of the unpadded LR exactly,
+  and the result is a fixed function of the image: it never depends on the tile size or the padding added
+  for shape buckets. (It differs from a bare `dsr.apply(lr)` within the receptive field of the border,
+  where `apply` sees the convolutions' zero padding instead of reflected content.)
+- Tiles: `tile` counts LR (input) pixels: each tile is a `tile` x `tile` core of the input plus
+  `margin` = max(overlap, receptive_margin(dsr)) context pixels on each side (adjacent windows overlap by
+  2 * margin); only the core's s*tile x s*tile output is kept. The last tile of a row or column is shifted
+  back inside the image, so every tile is full-sized. Because the margin covers the receptive field
+  (6 * stages LR pixels, derived below), the stitched result equals untiled inference (verified to 1e-4
+  in tests/test_evaluate.py). `tile=0` runs the whole image as one window.
+- Shape buckets: every window is padded (bottom/right, more reflection) to a multiple of 32, so jit
+  compiles once per bucket shape, not per image; one jitted function is cached per model.
+- `ensemble=True`: the 8-way self-ensemble (identity, flips, transpose and their compositions); each
+  output is mapped back by the inverse transform and the 8 are averaged.
+Receptive field of DSRNet in LR pixels: the shallow block has two 3x3 convs (2); in the polyphase form
+every back-projection conv is a 3x3 conv at LR resolution, so an up- or down-projection reaches 3 and the
+body Up + (T - 1) x (Down + Up) reaches 6T - 3; the 3x3 output conv at HR adds one HR pixel, at most one
+LR pixel; the bicubic residual reaches 2. Total 6T (T = model.stages).
+
+Protocols (metrics in protocol units; PSNR = 10 log10(peak^2 / MSE) with peak = the dataset's norm in
+protocol units; SSIM = Gaussian-window SSIM (11 taps, sigma 1.5, K = 0.01, 0.03) of prediction / peak and
+GT / peak, averaged over the scored pixels):
+- middlebury2005 (the paper's Table 1; ../shared/data/README.md): GT = depth/{scene}.bmp, 0-255;
+  LR = MATLAB bicubic `imresize(GT, 1/s)` (antialiased, ceil(H/s) x ceil(W/s), float, not rounded);
+  prediction at s x the LR size, cropped to the top-left H x W, clipped to [0, 255] and rounded to uint8;
+  MAD and RMSE over all pixels. Bicubic at x4: Art 0.97, Books 0.29, Moebius 0.30 (paper: same).
+- middlebury_lu (Middlebury-30 / Lu, DKN/FDSR/DCTNet protocol): HR cropped to a multiple of s before
+  degrading; RMSE on the 0-255 scale over a 6-pixel-border-cropped image (their `midd_calc_rmse`); the LR
+  is the project's MATLAB bicubic (the literature uses Pillow bicubic, which is not antialiased the same
+  way, so numbers are comparable in protocol, not bit-exact); no rounding.
+- nyu_v2: metres -> centimetres (x 100), 6-pixel border crop, valid (> 0) GT pixels.
+- rgbdd: millimetres -> centimetres (/ 10), no border crop, valid GT pixels.
+- synthetic_rgbd: relative depth (norm 1), no crop (for tests and smoke runs).
+For a cross-task checkpoint (params has 'denet'), DENet is also scored on the HR RGB with the monocular
+depth metrics (valid GT pixels with positive depth, prediction clipped below at 1e-3 x peak): delta < 1.25,
+< 1.25^2, < 1.25^3, AbsRel, RMSE (protocol units), log10.
+"""
+import collections
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from scipy import ndimage
+
+from dsr_jax.errors import ConfigError
+from dsr_jax.errors import UserError
+
+BUCKET = 32
+MODELS = ('dsrnet', 'bicubic')
+PAPER_SCALES = (2, 4, 8, 16)
+SCENES_2005 = ('art', 'books', 'dolls', 'laundry', 'moebius', 'reindeer')
+# Sun et al. CVPR 2021, Table 1 (Middlebury 2005, MAD on 0-255): per scene, x2 / x4 / x8 / x16.
+PAPER_TABLE1_MAD = {
+    'Bicubic': {'art': (0.48, 0.97, 1.85, 3.59), 'books': (0.13, 0.29, 0.59, 1.15),
+                'dolls': (0.20, 0.36, 0.66, 1.18), 'laundry': (0.28, 0.54, 1.04, 1.95),
+                'moebius': (0.13, 0.30, 0.59, 1.13), 'reindeer': (0.30, 0.55, 0.99, 1.88)},
+    'DSRNet w/o CT': {'art': (0.16, 0.31, 0.59, 1.55), 'books': (0.10, 0.15, 0.31, 0.73),
+                      'dolls': (0.12, 0.21, 0.39, 0.69), 'laundry': (0.12, 0.21, 0.40, 0.82),
+                      'moebius': (0.11, 0.16, 0.32, 0.74), 'reindeer': (0.13, 0.22, 0.38, 0.87)},
+    'DSRNet': {'art': (0.11, 0.25, 0.53, 1.44), 'books': (0.05, 0.11, 0.26, 0.67),
+               'dolls': (0.07, 0.16, 0.36, 0.65), 'laundry': (0.06, 0.16, 0.36, 0.76),
+               'moebius': (0.07, 0.13, 0.27, 0.69), 'reindeer': (0.08, 0.17, 0.35, 0.77)},
+}
+
+# Python-side trace counts per module class (a trace runs this Python code; a cached executable does not).
+# Tests use it to check that compilation happens once per bucket shape.
+TRACES = collections.Counter()
+
+
+# ------------------------------------------------------------------------------------------- inference
+
+
+def receptive_margin(dsr) -> int:
+  """LR pixels on each side of an output pixel's LR position that can change it (see module docstring)."""
+  return 6 * int(dsr.stages)
+
+
+def denet_margin(denet) -> int:
+  """Pixels of context DENet needs: shallow 2 + two 3x3 convs per residual block + the output conv."""
+  return 3 + 2 * int(denet.stages) * int(denet.blocks)
+
+
+_JITTED = {}
+
+
+def _apply_fn(module) -> Callable:
+  fn = _JITTED.get(module)
+  if fn is None:
+    name = type(module).__name__
+
+    def apply(params, x):
+      TRACES[name] += 1
+      return module.apply({'params': params}, x)
+    fn = _JITTED[module] = jax.jit(apply)
+  return fn
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _tile_starts(n: int, t: int) -> list[int]:
+  starts = list(range(0, n - t + 1, t))
+  if starts[-1] + t < n:
+    starts.append(n - t)  # shifted back inside the image: every window has the same shape
+  return starts
+
+
+def _check_tiling(tile, overlap):
+  if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0:
+    raise ConfigError(f'tile={tile!r}: expected an integer >= 0 (LR pixels per tile; 0 = whole image)')
+  if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
+    raise ConfigError(f'overlap={overlap!r}: expected an integer >= 0 (LR context pixels per tile side)')
+
+
+def run_windows(fn, params, x, *, scale: int, margin: int, tile: int = 0, bucket: int = BUCKET):
+  """Applies a fully-convolutional `fn` to (h, w, c) `x` in reflected, bucketed windows.
+
+  Args:
+    fn: jitted (params, (1, H, W, c)) -> (1, scale*H, scale*W, 1).
+    params: the network parameters.
+    x: float32 (h, w, c).
+    scale: output/input size ratio.
+    margin: context pixels added on each side of every window (>= fn's receptive field for exactness).
+    tile: core size in input pixels (0 = the whole image in one window).
+    bucket: window sizes are rounded up to a multiple of this (one compilation per bucket shape).
+
+  Returns:
+    float32 (scale*h, scale*w).
+  """
+  h, w, _ = x.shape
+  s, m = int(scale), int(margin)
+  th, tw = (h, w) if tile <= 0 else (min(tile, h), min(tile, w))
+  wh, ww = _round_up(th + 2 * m, bucket), _round_up(tw + 2 * m, bucket)
+  # One reflected copy of the whole input; every window is a view of it, so overlapping windows see
+  # identical context and the stitched output does not depend on the tiling.
+  ext = np.pad(x, ((m, wh - th - m), (m, ww - tw - m), (0, 0)), mode='symmetric')
+  out = np.empty((s * h, s * w), np.float32)
+  pending = None
+
+  def collect(item):
+    (y0, x0), y = item
+    y = np.asarray(y)[0, :, :, 0]
+    out[s * y0:s * (y0 + th), s * x0:s * (x0 + tw)] = y[s * m:s * (m + th), s * m:s * (m + tw)]
+
+  for y0 in _tile_starts(h, th):
+    for x0 in _tile_starts(w, tw):
+      # Dispatch the next window before fetching the previous one: the device never waits for the host
+      # copy, and at most two windows are alive.
+      item = ((y0, x0), fn(params, ext[None, y0:y0 + wh, x0:x0 + ww]))
+      if pending is not None:
+        collect(pending)
+      pending = item
+  collect(pending)
+  return out
+
+
+# 8-way self-ensemble: (transpose, flip rows, flip columns).
+ENSEMBLE = tuple((t, fy, fx) for t in (False, True) for fy in (False, True) for fx in (False, True))
+
+
+def _forward_transform(x, t, fy, fx):
+  if t:
+    x = x.swapaxes(0, 1)
+  if fy:
+    x = x[::-1]
+  if fx:
+    x = x[:, ::-1]
+  return x
+
+
+def _inverse_transform(y, t, fy, fx):
+  if fx:
+    y = y[:, ::-1]
+  if fy:
+    y = y[::-1]
+  if t:
+    y = y.swapaxes(0, 1)
+  return y
+
+
+def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble: bool = False):
+  """DSRNet on one normalised LR depth map of any size.
+
+  Args:
+    dsr: a DSRNet module (its scale and stages are used).
+    params: its parameters (params['dsr'] of a checkpoint).
+    lr: (h, w) or (h, w, 1) depth normalised to [0, 1], hole-free.
+    tile: LR pixels per tile side (0 = whole image).
+    overlap: LR context pixels per tile side; raised to `receptive_margin(dsr)` if smaller.
+    ensemble: average the 8 flip/transpose self-ensemble outputs.
+
+  Returns:
+    float32 (s*h, s*w).
+  """
+  _check_tiling(tile, overlap)
+  x = np.asarray(lr, np.float32)
+  if x.ndim == 3 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 2 or min(x.shape) < 1:
+    raise ValueError(f'super_resolve: expected an (h, w) or (h, w, 1) map, got shape {np.shape(lr)}')
+  margin = max(int(overlap), receptive_margin(dsr))
+  fn = _apply_fn(dsr)
+
+  def one(z):
+    return run_windows(fn, params, np.ascontiguousarray(z)[..., None], scale=dsr.scale, margin=margin,
+                       tile=int(tile))
+  if not ensemble:
+    return one(x)
+  acc = np.zeros((dsr.scale * x.shape[0], dsr.scale * x.shape[1]), np.float32)
+  for tr in ENSEMBLE:
+    acc += _inverse_transform(one(_forward_transform(x, *tr)), *tr)
+  return acc / np.float32(len(ENSEMBLE))
+
+
+def estimate_depth(denet, params, rgb, *, tile: int = 0):
+  """DENet on one (H, W, 3) RGB in [0, 1]: normalised depth (H, W), tiled like `super_resolve`."""
+  _check_tiling(tile, 0)
+  x = np.asarray(rgb, np.float32)
+  return run_windows(_apply_fn(denet), params, x, scale=1, margin=denet_margin(denet), tile=int(tile))
+
+
+# ------------------------------------------------------------------------------------------- protocols
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """How one dataset is scored.
+
+  Attributes:
+    unit: protocol unit of every metric.
+    factor: dataset unit -> protocol unit.
+    border: HR pixels removed on each side before scoring.
+    crop_multiple: crop the HR to a multiple of s before degrading it.
+    round_uint8: clip the prediction to [0, 255] and round it (Middlebury 2005).
+    all_pixels: score every pixel (else valid GT pixels only).
+    reference: where the protocol comes from.
+  """
+  unit: str
+  factor: float
+  border: int = 0
+  crop_multiple: bool = False
+  round_uint8: bool = False
+  all_pixels: bool = False
+  reference: str = ''
+
+
+PROTOCOLS = {
+    'middlebury2005': Protocol('0-255 disparity', 1.0, round_uint8=True, all_pixels=True,
+                               reference='Sun et al. CVPR 2021 Table 1; shared/data/README.md'),
+    'middlebury_lu': Protocol('0-255 disparity', 1.0, border=6, crop_multiple=True,
+                              reference='DKN/FDSR/DCTNet midd_calc_rmse'),
+    'nyu_v2': Protocol('cm', 100.0, border=6, reference='DKN/FDSR/DCTNet calc_rmse'),
+    'rgbdd': Protocol('cm', 0.1, reference='He et al. CVPR 2021 (RGB-D-D), no border crop'),
+    'synthetic_rgbd': Protocol('relative depth', 1.0, reference='project smoke tests'),
+}
+
+
+def protocol_for(dataset: str) -> Protocol:
+  if dataset not in PROTOCOLS:
+    raise ConfigError(f'eval.dataset={dataset!r}: expected one dataset of {", ".join(sorted(PROTOCOLS))}')
+  return PROTOCOLS[dataset]
+
+
+def ssim(a, b, mask=None, *, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> float:
+  """Mean SSIM (Wang et al. 2004, Gaussian window of 11 taps) of two maps in [0, 1] over `mask`."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  filt = lambda z: ndimage.gaussian_filter(z, sigma, truncate=3.5, mode='reflect')
+  mu_a, mu_b = filt(a), filt(b)
+  var_a = filt(a * a) - mu_a * mu_a
+  var_b = filt(b * b) - mu_b * mu_b
+  cov = filt(a * b) - mu_a * mu_b
+  c1, c2 = k1 * k1, k2 * k2
+  smap = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+  return float(smap.mean() if mask is None else smap[mask].mean())
+
+
+def sr_metrics(pred, gt, mask, peak: float) -> dict:
+  """MAD, RMSE, PSNR (peak), SSIM of maps already in protocol units, over `mask`."""
+  d = (pred - gt)[mask].astype(np.float64)
+  mse = float(np.mean(d * d))
+  return {'mad': float(np.mean(np.abs(d))), 'rmse': math.sqrt(mse),
+          'psnr': 10 * math.log10(peak * peak / mse) if mse > 0 else None,
+          'ssim': ssim(pred / peak, gt / peak, mask)}
+
+
+def depth_metrics(pred, gt, mask, eps: float) -> dict:
+  """Monocular depth metrics over mask & gt > 0, prediction clipped below at eps."""
+  m = mask & (gt > 0)
+  p = np.maximum(pred[m].astype(np.float64), eps)
+  g = gt[m].astype(np.float64)
+  ratio = np.maximum(p / g, g / p)
+  out = {f'delta{k}': float(np.mean(ratio < 1.25 ** k)) for k in (1, 2, 3)}
+  out.update(abs_rel=float(np.mean(np.abs(p - g) / g)), rmse=float(math.sqrt(np.mean((p - g) ** 2))),
+             log10=float(np.mean(np.abs(np.log10(p) - np.log10(g)))))
+  return out
+
+
+def _crop(x, border: int):
+  return x[border:-border, border:-border] if border else x
+
+
+def score_image(pred_norm, hr_norm, valid, norm: float, proto: Protocol) -> tuple[dict, tuple]:
+  """Scores one normalised prediction against its normalised GT under `proto`.
+
+  Returns:
+    (metrics, (pred, gt, mask, peak)) with the maps in protocol units after the border crop.
+  """
+  f = float(norm) * proto.factor
+  pred = np.asarray(pred_norm, np.float64) * f
+  gt = np.asarray(hr_norm, np.float64) * f
+  mask = np.ones(gt.shape, bool) if proto.all_pixels else np.asarray(valid) > 0
+  pred, gt, mask = (_crop(z, proto.border) for z in (pred, gt, mask))
+  if proto.round_uint8:
+    pred = np.round(np.clip(pred, 0, 255))
+  peak = f  # depth / norm lies in [0, 1], so the norm is the data range
+  return sr_metrics(pred, gt, mask, peak), (pred, gt, mask, peak)
+
+
+class _CropToMultiple:
+  """A source whose examples are cropped (top-left) to a multiple of `scale` (Lu protocol)."""
+
+  def __init__(self, source, scale: int):
+    self._source, self._scale = source, scale
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    ex = dict(self._source[index])
+    h, w = np.shape(ex['depth'])
+    h, w = h - h % self._scale, w - w % self._scale
+    for k in ('depth', 'rgb', 'valid'):
+      if k in ex:
+        ex[k] = ex[k][:h, :w]
+    return ex
+
+
+def _data_config(config, dataset: str, scale: int):
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg.data.name = dataset
+  cfg.data.eval_batch = 1
+  cfg.model.scale = scale
+  return cfg
+
+
+def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estimate: Callable | None = None):
+  """Scores `predict` (normalised LR (h, w) -> normalised (s*h, s*w)) on split 'test' of `dataset`.
+
+  Args:
+    config: the eval config (data.dir, data.tfds_dir, data.degrade, data.noise_sigma, seed, ...).
+    dataset: one dataset name (see PROTOCOLS).
+    scale: s.
+    predict: the SR function.
+    estimate: optional DENet function (normalised RGB (H, W, 3) -> normalised depth (H, W)).
+
+  Returns:
+    {'per_scene': {name: metrics}, 'mean': metrics, 'denet': {...} or absent, 'images': n, 'seconds': t}.
+  """
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sources  # pylint: disable=g-import-not-at-top
+  proto = protocol_for(dataset)
+  cfg = _data_config(config, dataset, scale)
+  source = sources.get_source(cfg.data, 'test')
+  if proto.crop_multiple:
+    source = _CropToMultiple(source, scale)
+  per_scene, per_scene_de = {}, {}
+  t0 = time.perf_counter()
+  for b in pipeline.eval_dataset(cfg, 'test', source=source):
+    if not b['mask'][0]:
+      continue
+    name = str(b['name'][0])
+    hr = b['hr_depth'][0, ..., 0]
+    h, w = hr.shape
+    pred = np.asarray(predict(b['lr_depth'][0, ..., 0]))[:h, :w]
+    metrics, (_, gt, mask, peak) = score_image(pred, hr, b['valid'][0, ..., 0], float(b['norm'][0]), proto)
+    per_scene[name] = metrics
+    logging.info('%s %s x%d: %s', dataset, name, scale, metrics)
+    if estimate is not None:
+      de_pred = _crop(np.asarray(estimate(b['rgb'][0]), np.float64) * float(b['norm'][0]) * proto.factor,
+                      proto.border)
+      per_scene_de[name] = depth_metrics(de_pred, gt, mask, 1e-3 * peak)
+  if not per_scene:
+    raise UserError(f'eval.dataset={dataset!r}: split test has no image with valid depth')
+  out = {'per_scene': per_scene, 'mean': _mean(per_scene), 'images': len(per_scene),
+         'seconds': time.perf_counter() - t0}
+  if per_scene_de:
+    out['denet'] = {'per_scene': per_scene_de, 'mean': _mean(per_scene_de)}
+  return out
+
+
+def _mean(per_scene: dict) -> dict:
+  keys = next(iter(per_scene.values())).keys()
+  out = {}
+  for k in keys:
+    vals = [m[k] for m in per_scene.values() if m[k] is not None]
+    out[k] = float(np.mean(vals)) if vals else None
+  return out
+
+
+# ------------------------------------------------------------------------------------------- eval mode
+
+
+def _fmt(v, digits: int) -> str:
+  return '-' if v is None else f'{v:.{digits}f}'
+
+
+def _title(scene: str) -> str:
+  return scene[:1].upper() + scene[1:]
+
+
+def paper_rows(scale: int) -> dict:
+  """{method: {scene: MAD}} of the paper's Table 1 at `scale` (empty for scales it does not list)."""
+  if scale not in PAPER_SCALES:
+    return {}
+  i = PAPER_SCALES.index(scale)
+  return {m: {sc: v[i] for sc, v in rows.items()} for m, rows in PAPER_TABLE1_MAD.items()}
+
+
+def markdown(result: dict) -> str:
+  """The Markdown report of one eval run (see `run`)."""
+  ds, s, unit = result['dataset'], result['scale'], result['protocol']['unit']
+  ours = 'Bicubic' if result['model'] == 'bicubic' else 'DSRNet'
+  label = f'{ours} (ours' + (f', step {result["step"]})' if result.get('step') is not None else ')')
+  lines = [f'# {ds} x{s}: {label}', '']
+  if result.get('checkpoint'):
+    lines.append(f'Checkpoint: `{result["checkpoint"]}`')
+  lines += [f'Protocol: {result["protocol"]["reference"]}; metrics in {unit}, split `{result["split"]}`, '
+            f'{result["images"]} images' + (', 8-way self-ensemble' if result.get('ensemble') else '') + '.',
+            '']
+  per = result['per_scene']
+  paper = result.get('paper_table1_mad') or {}
+  if paper:
+    scenes = [sc for sc in SCENES_2005 if sc in per]
+    lines += [f'## MAD (0-255) beside the paper\'s Table 1, x{s}', '',
+              '| Method | ' + ' | '.join(_title(sc) for sc in scenes) + ' | Mean |',
+              '|---|' + '---:|' * (len(scenes) + 1)]
+    for method, row in paper.items():
+      vals = [row[sc] for sc in scenes]
+      lines.append(f'| {method} (paper) | ' + ' | '.join(f'{v:.2f}' for v in vals) +
+                   f' | {np.mean(vals):.2f} |')
+    vals = [per[sc]['mad'] for sc in scenes]
+    lines.append(f'| **{label}** | ' + ' | '.join(f'{v:.2f}' for v in vals) + f' | {np.mean(vals):.2f} |')
+    lines.append('')
+  lines += ['## Per scene', '', f'| Scene | MAD ({unit}) | RMSE ({unit}) | PSNR (dB) | SSIM |',
+            '|---|---:|---:|---:|---:|']
+  rows = list(per.items()) + [('**Mean**', result['mean'])]
+  for name, m in rows:
+    lines.append(f'| {name} | {_fmt(m["mad"], 4)} | {_fmt(m["rmse"], 4)} | {_fmt(m["psnr"], 2)} | '
+                 f'{_fmt(m["ssim"], 4)} |')
+  if 'denet' in result:
+    lines += ['', '## DENet (monocular depth from the HR RGB)', '',
+              f'| Scene | δ<1.25 | δ<1.25² | δ<1.25³ | AbsRel | RMSE ({unit}) | log10 |',
+              '|---|---:|---:|---:|---:|---:|---:|']
+    de = result['denet']
+    for name, m in list(de['per_scene'].items()) + [('**Mean**', de['mean'])]:
+      lines.append(f'| {name} | {m["delta1"]:.4f} | {m["delta2"]:.4f} | {m["delta3"]:.4f} | '
+                   f'{m["abs_rel"]:.4f} | {m["rmse"]:.4f} | {m["log10"]:.4f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def run(config, workdir: str) -> dict:
+  """Eval mode: scores a checkpoint (or the bicubic baseline) on split 'test' and writes the reports.
+
+  Args:
+    config: the eval config (mode 'eval'; eval.*, data.*, model.name, model.scale).
+    workdir: reports go to <workdir>/eval/<dataset>_x<s>.{json,md}.
+
+  Returns:
+    The metrics dict written to the JSON file (plus 'files': the two paths).
+
+  Raises:
+    UserError: bad config fields, checkpoint or data (one line naming the field or file).
+  """
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  dataset = str(config.eval.get('dataset', '') or config.data.name)
+  if dataset not in PROTOCOLS:
+    field = 'eval.dataset' if config.eval.get('dataset', '') else 'data.name'
+    raise ConfigError(f'{field}={dataset!r}: eval needs one dataset of {", ".join(sorted(PROTOCOLS))}')
+  proto = PROTOCOLS[dataset]
+  name = config.model.get('name', 'dsrnet')
+  if name not in MODELS:
+    raise ConfigError(f'model.name={name!r}: expected one of {", ".join(MODELS)}')
+  want = config.model.scale
+  if isinstance(want, bool) or not isinstance(want, int) or (want and want not in PAPER_SCALES):
+    raise ConfigError(f'model.scale={want!r}: expected 0 (the checkpoint\'s) or one of 2, 4, 8, 16')
+  tile, overlap, ensemble = config.eval.tile, config.eval.overlap, bool(config.eval.ensemble)
+  _check_tiling(tile, overlap)
+  info, estimate = {}, None
+  if name == 'bicubic':
+    if not want:
+      raise ConfigError('model.scale=0: the bicubic baseline has no checkpoint to take the scale from; '
+                        'set --config.model.scale to 2, 4, 8 or 16')
+    scale = want
+
+    def predict(lr):
+      return degradation.upsample_bicubic(np.asarray(lr, np.float64), scale)
+  else:
+    if not config.eval.checkpoint_dir:
+      raise ConfigError('eval.checkpoint_dir is empty: expected a training workdir, its checkpoints/ '
+                        'directory or one step directory (or --config.model.name=bicubic)')
+    ck_cfg, params, info = restore.load_params(config.eval.checkpoint_dir, ('dsr', 'denet'))
+    scale = int(ck_cfg.model.scale)
+    if want and want != scale:
+      raise ConfigError(f'model.scale={want} contradicts the checkpoint\'s scale {scale} ({info["dir"]}); '
+                        f'set model.scale={scale} or 0 (= the checkpoint\'s)')
+    models = models_lib.build(ck_cfg.model)
+
+    def predict(lr):
+      return super_resolve(models.dsr, params['dsr'], lr, tile=tile, overlap=overlap, ensemble=ensemble)
+    if 'denet' in params and models.denet is not None:
+      def estimate(rgb):  # pylint: disable=function-redefined
+        return estimate_depth(models.denet, params['denet'], rgb, tile=tile)
+  result = evaluate_dataset(config, dataset, scale, predict, estimate)
+  result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
+            'checkpoint': info.get('dir', ''), 'step': info.get('step'),
+            'tile': int(tile), 'overlap': int(overlap), 'ensemble': ensemble,
+            'protocol': dataclasses.asdict(proto), **result}
+  if dataset == 'middlebury2005':
+    result['paper_table1_mad'] = paper_rows(scale)
+  out_dir = os.path.join(os.path.abspath(workdir), 'eval')
+  stem = os.path.join(out_dir, f'{dataset}_x{scale}')
+  files = {'json': stem + '.json', 'md': stem + '.md'}
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(files['json'], 'w') as f:
+      json.dump(result, f, indent=2)
+    with open(files['md'], 'w') as f:
+      f.write(markdown(result))
+  result['files'] = files
+  return result
+
+
+def summary(result: dict) -> str:
+  """One line for the console."""
+  m = result['mean']
+  return (f'eval {result["dataset"]} x{result["scale"]} ({result["model"]}, {result["images"]} images, '
+          f'{result["protocol"]["unit"]}): MAD {m["mad"]:.4f} RMSE {m["rmse"]:.4f} PSNR {_fmt(m["psnr"], 2)} '
+          f'SSIM {m["ssim"]:.4f}; wrote {result["files"]["json"]} and {result["files"]["md"]}')

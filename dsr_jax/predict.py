@@ -1,0 +1,395 @@
+"""Super-resolves depth maps of any size with a trained DSRNet checkpoint.
+
+  python -m dsr_jax.predict --checkpoint C --input FILE_OR_DIR --output DIR [--scale S]
+      [--tile 512] [--overlap 32] [--ensemble] [--overwrite] [--norm N]
+
+Inputs: an 8- or 16-bit single-channel PNG, or a 2-D float (or integer) .npy depth map, of any size; a
+directory processes every *.png / *.npy in it, sorted by name. The checkpoint is anything
+`dsr_jax.restore.resolve_checkpoint` accepts (a training workdir, its checkpoints/ directory or one step).
+
+Units: the network works on depth / norm in [0, 1], with the norm it was trained with. The norm is read
+from the checkpoint config's data.name (`input_pipeline.readers.DATASETS`): 255 for the 0-255 disparity
+sets (middlebury*), 4000 for rgbdd (16-bit PNG millimetres), 10 for nyu_v2 (.npy metres), 1 for
+synthetic_rgbd (relative depth). An 8-bit PNG is always divided by 255 (its full range, the disparity
+convention). So give depth in the unit of the training data, or set --norm to the value that maps your
+depth onto [0, 1]. The output is in the same unit and storage type as the input: 16-bit PNG -> 16-bit
+PNG and 8-bit PNG -> 8-bit PNG (rounded, clipped to the type's range; valid pixels are at least 1 so that
+0 always means a hole), .npy -> .npy of the same dtype (floats clipped below at 0).
+
+Holes: zero, negative or non-finite (NaN, inf) input pixels are holes. For the network they are filled
+with the nearest valid depth; in the output they stay holes at the upsampled positions (nearest-neighbour
+upsampling of the hole mask: output pixel (i, j) is a hole when input pixel (i // s, j // s) is), with the
+input's hole value: 0, or NaN for NaN holes of a float .npy.
+
+Outputs, for input <stem>.<ext> at scale s: <stem>_x<s>.<ext> (exactly s times the input size) and a
+colourised preview <stem>_x<s>_color.png (viridis over the valid output range, holes black). Each file is
+written to a temporary name and renamed, so an interrupted run leaves no half-written output.
+
+Large inputs are tiled: --tile counts input (LR) pixels per tile side, --overlap input pixels of context
+per side (raised to the network's receptive field, 6 x model.stages); the result is identical to untiled
+inference, and memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images.
+--ensemble averages the 8 flip/transpose variants (8x the time).
+
+Errors (bad input file, corrupt PNG, truncated .npy, a multi-channel image given as depth, a --scale that
+contradicts the checkpoint's, a missing or incomplete checkpoint, an output that already exists without
+--overwrite, a depth map without any valid pixel) print one line to stderr and exit with status 2. All
+inputs and outputs are checked before anything is written, so a refused run writes nothing.
+"""
+import argparse
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import pathlib
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from dsr_jax.errors import UserError
+
+SUFFIXES = ('.png', '.npy')
+PNG_MODES = {'L': 'png8', 'I;16': 'png16', 'I;16L': 'png16', 'I;16B': 'png16', 'I': 'png16'}
+CMAP = 'viridis'
+# Inputs whose decoded arrays stay in memory between the check pass and the run (pixels); larger sets are
+# decoded twice rather than held.
+_KEEP_PIXELS = 64 * 2 ** 20
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@dataclasses.dataclass
+class DepthInput:
+  """One validated input file."""
+  path: pathlib.Path
+  kind: str  # 'png8' | 'png16' | 'npy'
+  dtype: np.dtype  # storage type of the input (and of the output)
+  shape: tuple[int, int]
+  data: np.ndarray | None = None  # decoded values, kept for small inputs
+
+
+def _one_line(e: BaseException) -> str:
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text[:200]}' if text else type(e).__name__
+
+
+def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
+  """Decodes one input file: (array in its stored dtype, kind); UserError for anything but a depth map."""
+  suffix = path.suffix.lower()
+  if suffix == '.npy':
+    try:
+      a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      raise UserError(f'{path}: cannot read .npy depth ({_one_line(e)}); expected a complete 2-D numeric '
+                      'array saved with numpy.save') from e
+    if not isinstance(a, np.ndarray):
+      raise UserError(f'{path}: not a single .npy array (expected a 2-D depth array)')
+    if a.ndim == 3 and a.shape[-1] == 1:
+      a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+      raise UserError(f'{path}: a {a.shape[-1]}-channel array {a.shape} given as depth; expected one '
+                      'channel (H, W)')
+    if a.ndim != 2 or min(a.shape) < 1:
+      raise UserError(f'{path}: expected a 2-D depth array (H, W), got shape {a.shape}')
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+      raise UserError(f'{path}: expected a float or integer depth array, got dtype {a.dtype}')
+    return a, 'npy'
+  if suffix != '.png':
+    raise UserError(f'{path}: unsupported file type {path.suffix!r} (expected a .png or .npy depth map)')
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      image = Image.open(path)
+      image.load()  # decode now: a truncated or corrupt file fails here
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise UserError(f'{path}: cannot read PNG ({_one_line(e)}); expected an 8- or 16-bit single-channel '
+                    'PNG') from e
+  if image.format != 'PNG':
+    raise UserError(f'{path}: is a {image.format} image, not a PNG (expected an 8- or 16-bit single-channel '
+                    'PNG)')
+  kind = PNG_MODES.get(image.mode)
+  if kind is None:
+    bands = len(image.getbands())
+    what = f'a {bands}-channel ({image.mode})' if bands > 1 else f'a {image.mode!r}-mode'
+    raise UserError(f'{path}: {what} image given as depth; expected a single-channel 8- or 16-bit PNG')
+  a = np.asarray(image)
+  if image.mode == 'I':  # older Pillow spelling of 16-bit greyscale
+    if a.min() < 0 or a.max() > 65535:
+      raise UserError(f'{path}: 32-bit integer PNG values outside 0..65535 (expected 8- or 16-bit depth)')
+    a = a.astype(np.uint16)
+  return a, kind
+
+
+def hole_mask(a: np.ndarray) -> np.ndarray:
+  """True where the stored depth is a hole: zero, negative or non-finite."""
+  if np.issubdtype(a.dtype, np.floating):
+    with np.errstate(invalid='ignore'):
+      return ~(np.isfinite(a) & (a > 0))
+  return a <= 0
+
+
+def list_inputs(path: str) -> list[pathlib.Path]:
+  p = pathlib.Path(path).expanduser()
+  if p.is_dir():
+    files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUFFIXES)
+    if not files:
+      raise UserError(f'--input {p}: directory has no .png or .npy files')
+    return files
+  if not p.exists():
+    raise UserError(f'--input {p}: no such file or directory')
+  return [p]
+
+
+def check_inputs(paths: list[pathlib.Path]) -> list[DepthInput]:
+  """Decodes every input once (all errors surface before anything is written)."""
+  out, kept = [], 0
+  for path in paths:
+    a, kind = read_depth(path)
+    if hole_mask(a).all():
+      raise UserError(f'{path}: no valid depth pixel (every pixel is 0, negative or NaN)')
+    keep = kept + a.size <= _KEEP_PIXELS
+    kept += a.size if keep else 0
+    out.append(DepthInput(path, kind, a.dtype, a.shape, a if keep else None))
+  return out
+
+
+def input_norm(config, kind: str, override: float) -> float:
+  """depth / norm in [0, 1] for the network (see the module docstring)."""
+  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  if override:
+    return float(override)
+  if kind == 'png8':
+    return 255.0
+  names = [n.strip() for n in str(config.data.get('name', '')).split('+')]
+  unknown = [n for n in names if n not in readers.DATASETS]
+  if unknown:
+    raise UserError(f'checkpoint config data.name={config.data.get("name")!r}: unknown dataset, so its depth '
+                    'norm is unknown; pass --norm')
+  norms = sorted({readers.DATASETS[n].norm for n in names})
+  if len(norms) > 1:
+    raise UserError(f'checkpoint trained on {config.data.name!r}, whose datasets use different depth norms '
+                    f'({", ".join(map(str, norms))}); pass --norm')
+  return float(norms[0])
+
+
+def output_paths(inp: DepthInput, out_dir: pathlib.Path, scale: int) -> tuple[pathlib.Path, pathlib.Path]:
+  ext = 'npy' if inp.kind == 'npy' else 'png'
+  stem = inp.path.stem
+  return out_dir / f'{stem}_x{scale}.{ext}', out_dir / f'{stem}_x{scale}_color.png'
+
+
+def check_outputs(inputs, out_dir: pathlib.Path, scale: int, overwrite: bool):
+  if out_dir.exists() and not out_dir.is_dir():
+    raise UserError(f'--output {out_dir}: exists and is not a directory')
+  seen = {}
+  for inp in inputs:
+    for p in output_paths(inp, out_dir, scale):
+      if p in seen:
+        raise UserError(f'inputs {seen[p]} and {inp.path} would both write {p}; give them different names')
+      seen[p] = inp.path
+      if p.exists() and not overwrite:
+        raise UserError(f'{p}: already exists (pass --overwrite to replace it)')
+      if p.exists() and p.is_dir():
+        raise UserError(f'{p}: exists and is a directory')
+      if p.resolve() == inp.path.resolve():
+        raise UserError(f'{p}: would overwrite its own input')
+
+
+def to_output(pred, holes_hr, nan_hr, dtype: np.dtype) -> np.ndarray:
+  """Prediction (input units, float32) -> stored output of `dtype` with the holes put back."""
+  if np.issubdtype(dtype, np.integer):
+    info = np.iinfo(dtype)
+    # Valid pixels stay >= 1, so that 0 marks holes only.
+    out = np.clip(np.round(pred), max(info.min, 1), info.max).astype(dtype)
+    out[holes_hr] = 0
+    return out
+  out = np.maximum(pred, 0).astype(dtype)
+  out[holes_hr] = 0
+  if nan_hr is not None:
+    out[nan_hr] = np.nan
+  return out
+
+
+def colourise(depth, holes_hr, rows: int = 1024) -> np.ndarray:
+  """(H, W) -> (H, W, 3) uint8 through a 256-entry colormap table (bounded memory on huge outputs)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  lut = (matplotlib.colormaps[CMAP](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+  vals = depth[~holes_hr]
+  lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
+  del vals
+  span = max(hi - lo, 1e-12)
+  out = np.empty(depth.shape + (3,), np.uint8)
+  for r in range(0, depth.shape[0], rows):
+    d = np.where(holes_hr[r:r + rows], np.float32(lo), depth[r:r + rows].astype(np.float32))  # NaN-free
+    q = np.clip((d - lo) * np.float32(255 / span), 0, 255).astype(np.uint8)
+    block = lut[q]
+    block[holes_hr[r:r + rows]] = 0
+    out[r:r + rows] = block
+  return out
+
+
+def _write_atomic(path: pathlib.Path, write) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+  os.close(fd)
+  try:
+    write(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _save_png(array: np.ndarray, path: pathlib.Path) -> None:
+  _write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format='PNG'))
+
+
+def _save_npy(array: np.ndarray, path: pathlib.Path) -> None:
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.save(f, array, allow_pickle=False)
+  _write_atomic(path, write)
+
+
+def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: pathlib.Path, tile: int,
+            overlap: int, ensemble: bool) -> tuple[pathlib.Path, float]:
+  """Super-resolves one input and writes its two outputs; returns (output path, seconds)."""
+  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from input_pipeline import transforms  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  a = inp.data if inp.data is not None else read_depth(inp.path)[0]
+  inp.data = None
+  holes = hole_mask(a)
+  nan_holes = np.isnan(a) if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any() else None
+  x = np.where(holes, 0, a).astype(np.float32) / np.float32(norm)
+  x = transforms.fill_invalid(x, ~holes)  # the network never sees a hole
+  pred = evaluate.super_resolve(dsr, params, x, tile=tile, overlap=overlap, ensemble=ensemble)
+  del x
+  pred *= np.float32(norm)
+  up = lambda m: np.repeat(np.repeat(m, scale, axis=0), scale, axis=1)
+  holes_hr = up(holes)
+  nan_hr = up(nan_holes) if nan_holes is not None else None
+  out = to_output(pred, holes_hr, nan_hr, inp.dtype)
+  del pred
+  path, colour_path = output_paths(inp, out_dir, scale)
+  if inp.kind == 'npy':
+    _save_npy(out, path)
+  else:
+    _save_png(out, path)
+  _save_png(colourise(out, holes_hr), colour_path)
+  return path, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _stderr_swallowed_on_error():
+  """Sends Python-level stderr to a sink; restores it only if the block succeeds.
+
+  When an Orbax restore fails, the reads it abandoned still complete on TensorStore's threads and print
+  "Event loop is closed" tracebacks, during the failure and up to interpreter exit. A refused run must end on
+  its one-line error, so after a failure the sink stays until `main` has printed that line (the CLI then
+  exits at once, see the bottom of this file).
+  """
+  real = sys.stderr
+  sys.stderr = io.StringIO()
+  yield
+  sys.stderr = real
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse, but a usage mistake is one line on stderr (exit status 2), like every other error."""
+
+  def error(self, message):
+    self.exit(2, f'error: {message} (see --help)\n')
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(
+      prog='python -m dsr_jax.predict',
+      description='Super-resolve depth maps (8/16-bit single-channel PNG or 2-D .npy) with a trained DSRNet. '
+                  'Output: <stem>_x<s>.<ext> (same unit and type as the input, exactly s times its size) '
+                  'and <stem>_x<s>_color.png. Holes: zero, negative or NaN input pixels are filled '
+                  '(nearest valid depth) for the network and stay holes (0, or NaN in float .npy) at the '
+                  'upsampled positions of the output (nearest-neighbour upsampling of the hole mask).',
+      epilog='Units: depth is divided by the norm of the checkpoint\'s training data (255 for 8-bit PNGs '
+             'and disparity sets, 4000 for rgbdd mm, 10 for nyu_v2 m, 1 for synthetic) unless --norm is '
+             'given. Any error prints one line and exits with status 2; nothing is written then.')
+  p.add_argument('--checkpoint', required=True,
+                 help='training workdir, its checkpoints/ directory, or one step directory')
+  p.add_argument('--input', required=True, help='a .png/.npy depth map, or a directory of them')
+  p.add_argument('--output', required=True, help='output directory (created if missing)')
+  p.add_argument('--scale', type=int, default=0,
+                 help="upsampling factor; must equal the checkpoint's (default: the checkpoint's)")
+  p.add_argument('--tile', type=int, default=512,
+                 help='input (LR) pixels per tile side for bounded memory; 0 = whole image (default 512)')
+  p.add_argument('--overlap', type=int, default=32,
+                 help='input pixels of context on each tile side; raised to the receptive field (default 32)')
+  p.add_argument('--ensemble', action='store_true', help='8-way flip/transpose self-ensemble (8x slower)')
+  p.add_argument('--overwrite', action='store_true', help='replace outputs that already exist')
+  p.add_argument('--norm', type=float, default=0.0,
+                 help='divide input depth by this to get [0, 1] (default: from the checkpoint, see below)')
+  return p
+
+
+def predict(args) -> int:
+  """Runs the CLI on parsed `args`; raises UserError for any user mistake."""
+  if args.tile < 0:
+    raise UserError(f'--tile {args.tile}: expected >= 0 (0 = whole image)')
+  if args.overlap < 0:
+    raise UserError(f'--overlap {args.overlap}: expected >= 0')
+  if args.norm < 0 or not np.isfinite(args.norm):
+    raise UserError(f'--norm {args.norm}: expected a positive number')
+  # Inputs first (no JAX needed), then the checkpoint's config; the parameters are restored only once
+  # everything else is known to be fine.
+  inputs = check_inputs(list_inputs(args.input))
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top  (JAX + Orbax: ~1 s to import)
+  root, step = restore.resolve_checkpoint(args.checkpoint)
+  config = restore.read_config(root, step)
+  scale = int(config.model.scale)
+  if args.scale and args.scale != scale:
+    raise UserError(f"--scale {args.scale} contradicts the checkpoint's scale {scale} "
+                    f'({os.path.join(root, str(step))}); omit --scale or pass --scale {scale}')
+  norms = [input_norm(config, inp.kind, args.norm) for inp in inputs]
+  out_dir = pathlib.Path(args.output).expanduser()
+  check_outputs(inputs, out_dir, scale, args.overwrite)
+  with _stderr_swallowed_on_error():
+    _, params, _ = restore.load_params(os.path.join(root, str(step)), ('dsr',))
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  dsr = models_lib.build(config.model).dsr
+  out_dir.mkdir(parents=True, exist_ok=True)
+  total = time.perf_counter()
+  for inp, norm in zip(inputs, norms):
+    path, seconds = process(inp, dsr, params['dsr'], scale=scale, norm=norm, out_dir=out_dir,
+                            tile=args.tile, overlap=args.overlap, ensemble=args.ensemble)
+    h, w = inp.shape
+    print(f'{inp.path} -> {path} ({h}x{w} -> {scale * h}x{scale * w}, {seconds:.2f} s)', flush=True)
+  print(f'{len(inputs)} file(s) in {time.perf_counter() - total:.2f} s (checkpoint step {step}, x{scale})')
+  return 0
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  # Orbax's read-only manager logs WARNINGs about options it adjusts; errors must stay one line.
+  for name in ('absl', 'orbax'):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  err = sys.stderr
+  try:
+    return predict(args)
+  except UserError as e:
+    print(f'error: {" ".join(str(e).split())}', file=err, flush=True)
+    return 2
+  finally:
+    sys.stderr = err
+
+
+if __name__ == '__main__':
+  status = main()
+  if status:
+    # A refused run ends here, before interpreter shutdown, where the leftovers of a failed Orbax restore
+    # would print tracebacks (see _stderr_swallowed_on_error). Every output is already closed.
+    sys.stdout.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)

@@ -1,0 +1,195 @@
+"""Restoring trained networks for inference (evaluation and the predict CLI).
+
+A checkpoint is named by any of:
+  - a training workdir: its best checkpoint (the newest step of `<workdir>/checkpoints_best/` when that
+    Orbax directory exists), else the newest step of `<workdir>/checkpoints/`;
+  - an Orbax checkpoint directory (integer step subdirectories): its newest step;
+  - one step's directory (`<...>/<step>/` holding the `params` and `config` items).
+
+Only what inference needs is read: the `config` item (JSON) and the requested subtrees of `params`
+(usually `params['dsr']` alone; `opt_state`, `data` and the other networks stay on disk). Restoring goes
+through a read-only `CheckpointManager` with abstract targets (`jax.eval_shape` of the parameter init, as
+`ShapeDtypeStruct`s with a single-device sharding), so a checkpoint written by an 8-device run restores
+onto one device. `params` was saved whole with `StandardSave`; a subtree of it is restored with
+`PyTreeRestore(partial_restore=True)` (verified with orbax-checkpoint 0.12.8), which skips every array
+not in the target.
+
+Every problem with the checkpoint raises `UserError` with one line naming the path and what was expected.
+"""
+import contextlib
+import functools
+import gc
+import os
+import pathlib
+import sys
+
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from dsr_jax.errors import UserError
+
+BEST_DIR = 'checkpoints_best'
+CKPT_DIR = 'checkpoints'
+REQUIRED_ITEMS = ('params', 'config')
+_EXPECTED = ('a training workdir, its checkpoints/ directory, or one step directory holding '
+             "'params' and 'config'")
+
+
+def _one_line(e: BaseException) -> str:
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text[:200]}' if text else type(e).__name__
+
+
+def _steps(directory: pathlib.Path) -> list[int]:
+  # Orbax names finished steps by their integer; unfinished saves carry a tmp suffix and are skipped.
+  try:
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  except OSError:
+    return []
+
+
+def _is_step_dir(path: pathlib.Path) -> bool:
+  return any((path / item).exists() for item in REQUIRED_ITEMS) or (path / '_CHECKPOINT_METADATA').exists()
+
+
+def resolve_checkpoint(path) -> tuple[str, int]:
+  """Finds the checkpoint that `path` names.
+
+  Args:
+    path: a training workdir, an Orbax checkpoint directory, or one step's directory.
+
+  Returns:
+    (checkpoint_dir, step): the Orbax manager directory (holding integer step subdirectories) and the
+    step to restore. The step directory `checkpoint_dir/step` holds both 'params' and 'config'.
+
+  Raises:
+    UserError: no such directory, no checkpoint in it, or an incomplete step.
+  """
+  if not str(path):
+    raise UserError(f'checkpoint path is empty (expected {_EXPECTED})')
+  p = pathlib.Path(path).expanduser().absolute()
+  if not p.exists():
+    raise UserError(f'checkpoint {p}: no such file or directory (expected {_EXPECTED})')
+  if not p.is_dir():
+    raise UserError(f'checkpoint {p}: not a directory (expected {_EXPECTED})')
+  if _is_step_dir(p):
+    if not p.name.isdigit():
+      raise UserError(f'checkpoint {p}: a step directory must be named by its integer step (Orbax layout '
+                      '<dir>/<step>/)')
+    root, step = p.parent, int(p.name)
+  else:
+    root = None
+    for candidate in (p / BEST_DIR, p / CKPT_DIR, p):
+      steps = _steps(candidate) if candidate.is_dir() else []
+      if steps:
+        root, step = candidate, steps[-1]
+        break
+    if root is None:
+      raise UserError(f'checkpoint {p}: no checkpoint found (expected {_EXPECTED}; no integer step '
+                      f'directories in {p / CKPT_DIR} or {p})')
+  step_dir = root / str(step)
+  missing = [item for item in REQUIRED_ITEMS if not (step_dir / item).is_dir()]
+  if missing:
+    raise UserError(f'checkpoint {step_dir}: incomplete, missing {" and ".join(missing)} (expected the '
+                    f'items {", ".join(REQUIRED_ITEMS)} written by training)')
+  return str(root), step
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Keeps Orbax's leftovers of a failed restore off stderr.
+
+  A restore that fails on one array abandons the reads of the others; their callbacks then fail on a closed
+  event loop and Python prints a traceback for each through sys.unraisablehook, a wall of noise around an
+  error that is already reported as one line.
+  """
+  old = sys.unraisablehook
+  sys.unraisablehook = lambda u: logging.debug('ignored during restore: %s', u.exc_value)
+  try:
+    yield
+  finally:
+    gc.collect()  # collect the abandoned coroutines while the hook is still quiet
+    sys.unraisablehook = old
+
+
+def _manager(root: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def read_config(checkpoint_dir: str, step: int) -> ml_collections.ConfigDict:
+  """The training config saved with a checkpoint (the `config` JSON item)."""
+  step_dir = os.path.join(checkpoint_dir, str(step))
+  try:
+    with _manager(checkpoint_dir) as mngr:
+      raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax reports a missing or corrupt item through many exception types; all mean the same here.
+    raise UserError(f'checkpoint {step_dir}: cannot read the config item ({_one_line(e)})') from e
+  if not isinstance(raw, dict) or not isinstance(raw.get('model'), dict):
+    raise UserError(f'checkpoint {step_dir}: the config item has no model section (expected the training '
+                    'config saved as JSON)')
+  return ml_collections.ConfigDict(raw)
+
+
+def _single_device_sharding():
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def abstract_params(config, nets=('dsr',)):
+  """ShapeDtypeStructs (single-device sharding) of the requested networks' parameters."""
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  models = models_lib.build(config.model)
+  shapes = jax.eval_shape(functools.partial(state_lib.init_params, models, scale=config.model.scale),
+                          jax.random.key(0))
+  sharding = _single_device_sharding()
+  return {n: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes[n])
+          for n in nets if n in shapes}
+
+
+def load_params(path, nets=('dsr',)):
+  """Restores the config and the parameters of `nets` (those the checkpoint's model has).
+
+  Args:
+    path: anything `resolve_checkpoint` accepts.
+    nets: subset of ('dsr', 'denet', 'spnet'); networks absent from the checkpoint's model are skipped.
+
+  Returns:
+    (config, params, info): the training ConfigDict; {net: params} on one device; info = {'dir': the step
+    directory, 'step': int}.
+
+  Raises:
+    UserError: missing, incomplete or unreadable checkpoint (the message names the path).
+  """
+  root, step = resolve_checkpoint(path)
+  step_dir = os.path.join(root, str(step))
+  config = read_config(root, step)
+  try:
+    target = abstract_params(config, nets)
+  except UserError as e:
+    raise UserError(f'checkpoint {step_dir}: its config does not build a model ({e})') from e
+  restore_args = jax.tree.map(
+      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), target)
+  try:
+    with _quiet_abandoned_reads(), _manager(root) as mngr:
+      params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True))).params
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'checkpoint {step_dir}: cannot restore params {"/".join(target)} ({_one_line(e)})') from e
+  got = jax.tree.structure(params)
+  if got != jax.tree.structure(target):
+    raise UserError(f'checkpoint {step_dir}: params do not match the model of its config (expected '
+                    f'{len(jax.tree.leaves(target))} arrays, got {len(jax.tree.leaves(params))})')
+  for want, have in zip(jax.tree.leaves(target), jax.tree.leaves(params)):
+    if tuple(have.shape) != tuple(want.shape):
+      raise UserError(f'checkpoint {step_dir}: a parameter has shape {tuple(have.shape)} but the model of '
+                      f'its config expects {tuple(want.shape)}')
+  return config, params, {'dir': step_dir, 'step': step}
+
+
+def load_for_inference(path):
+  """(config, dsr_params): the training config and DSRNet's parameters, on one device."""
+  config, params, _ = load_params(path, ('dsr',))
+  return config, params['dsr']
