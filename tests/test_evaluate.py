@@ -1,5 +1,4 @@
 """Evaluation: the paper's bicubic row, exact tiled inference, self-ensemble, protocols, restore 8 -> 1."""
-import contextlib
 import functools
 import json
 import os
@@ -17,7 +16,6 @@ from configs import test as test_config
 from dsr_jax import evaluate
 from dsr_jax import main as main_lib
 from dsr_jax import restore
-from dsr_jax import train
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
 from dsr_jax.models.dsrnet import DSRNet
@@ -25,37 +23,7 @@ from dsr_jax.models.dsrnet import DSRNet
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@contextlib.contextmanager
-def fast_compile():
-  """Flax's train_test habit: most XLA optimisations off, which cuts compile time 2-3x on CPU."""
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_disable_most_optimizations', old)
-
-
-def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
-  """A configs/test.py run (x2, 8 steps) trained on this session's 8 fake devices, shared by modules."""
-  root = tmp_path_factory.getbasetemp() / 'tiny_ckpt'
-  done = root / 'TRAINED'
-  if not done.exists():
-    with fast_compile():
-      train.train_and_evaluate(test_config.get_config(), str(root))
-    done.touch()
-  return root
-
-
-@pytest.fixture(scope='session')
-def ckpt(tmp_path_factory):
-  return tiny_checkpoint(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _fast_compile():
-  with fast_compile():
-    yield
+pytestmark = pytest.mark.usefixtures('fast_xla')
 
 
 def _eval_config(ckpt_dir, **eval_overrides):

@@ -1,51 +1,22 @@
 """The predict CLI: PNG16 / PNG8 / npy round trips with holes, tiling, --overwrite, one-line refusals."""
-import contextlib
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
 
-from configs import test as test_config
 from dsr_jax import predict
-from dsr_jax import train
 from input_pipeline import degradation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCALE = 2  # configs/test.py
 
 
-@contextlib.contextmanager
-def fast_compile():
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_disable_most_optimizations', old)
-
-
-@pytest.fixture(scope='module')
-def ckpt(tmp_path_factory):
-  # Same place and marker as tests/test_evaluate.py, so one session trains the tiny checkpoint once.
-  root = tmp_path_factory.getbasetemp() / 'tiny_ckpt'
-  done = root / 'TRAINED'
-  if not done.exists():
-    with fast_compile():
-      train.train_and_evaluate(test_config.get_config(), str(root))
-    done.touch()
-  return root
-
-
-@pytest.fixture(autouse=True)
-def _fast_compile():
-  with fast_compile():
-    yield
+pytestmark = pytest.mark.usefixtures('fast_xla')
 
 
 def _grid(h=37, w=53):
