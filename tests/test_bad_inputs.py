@@ -1,0 +1,443 @@
+"""Table-driven bad inputs for every entry point: one line on stderr, exit status 2, nothing written.
+
+Each case builds its (tiny, fake) inputs under its own directory, runs one subprocess of
+`python -m dsr_jax.main`, `python -m dsr_jax.predict` or `python -m input_pipeline.tfds_builders`, and checks:
+  - exit status 2 and no 'Traceback' anywhere in the output;
+  - after dropping absl / TF log lines, stderr is exactly one line, starting with 'error:', that names the
+    offending file, directory or config field;
+  - the case directory (inputs, and where the workdir / output would go) is unchanged: no file created,
+    removed or touched.
+The subprocesses run two at a time in a module fixture (they are mostly interpreter start-up).
+
+Known failures (xfail, strict): the TFDS builders leave empty directories under --data_dir when a build
+fails on bad manual data (see _TFDS_LEFTOVERS).
+"""
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import sys
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 180  # seconds per subprocess
+PREDICT = REPO / 'dsr_jax' / 'predict.py'
+
+# absl / TF C++ log lines ('I1121 14:42:17.326519 ...', 'I0000 00:00:...') and TF's logging preamble.
+_LOG_LINE = re.compile(r'^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)')
+# tfds' tqdm progress bars ('Generating splits...:   0%|   | 0/3 [00:00<?, ? splits/s]') and their
+# cursor-up / clearing leftovers: progress, not messages.
+_PROGRESS = re.compile(r'\[\d\d:\d\d[<,]|^[\s\x1b\[A]*$')
+
+# The builder cases that leave empty directories behind (see the report in the module docstring).
+_TFDS_LEFTOVERS = (
+    'input_pipeline/tfds_builders.py: tfds creates <data_dir>/downloads/extracted and <data_dir>/<dataset>/ '
+    'in download_and_prepare before _split_generators reads the manual dir, and leaves them (empty) '
+    'behind when that raises the DataError; build() should remove what it created on failure')
+
+
+# ------------------------------------------------------------------------------------------ fake data
+
+
+def _rgb(h, w, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _depth_m(h, w, seed=0):
+  return np.random.default_rng(seed).uniform(1.0, 4.0, (h, w)).astype(np.float32)
+
+
+def _nyu(root: pathlib.Path, ids=(1, 2, 3, 9), size=(24, 32), depth=None, rgb_size=None) -> pathlib.Path:
+  """nyu_v2/{Depth/ID.npy (float32 m), RGB/ID.jpg}; ids < 1000 are train (x9: validation)."""
+  data = root / 'data'
+  for sub in ('Depth', 'RGB'):
+    (data / 'nyu_v2' / sub).mkdir(parents=True)
+  for i in ids:
+    d = _depth_m(*size, seed=i) if depth is None else depth(i, size)
+    np.save(data / 'nyu_v2' / 'Depth' / f'{i}.npy', d)
+    Image.fromarray(_rgb(*(rgb_size or {}).get(i, size), seed=i)).save(data / 'nyu_v2' / 'RGB' / f'{i}.jpg')
+  return data
+
+
+def _middlebury_lu(root: pathlib.Path, numbers=(1, 3, 4, 5, 7), size=(24, 32)) -> pathlib.Path:
+  """middlebury_lu/{Middlebury,Lu}/{Depth,RGB}: 8-bit disparity PNGs (Lu left empty)."""
+  data = root / 'data'
+  base = data / 'middlebury_lu'
+  for sub in ('Middlebury/Depth', 'Middlebury/RGB', 'Lu/Depth', 'Lu/RGB'):
+    (base / sub).mkdir(parents=True)
+  for n in numbers:
+    disp = np.random.default_rng(n).integers(20, 250, size, dtype=np.uint8)
+    Image.fromarray(disp, mode='L').save(base / 'Middlebury/Depth' / f'Middlebury_{n:02d}_output_depth.png')
+    Image.fromarray(_rgb(*size, seed=n)).save(
+        base / 'Middlebury/RGB' / f'Middlebury_{n:02d}_output_color.png')
+  return data
+
+
+def _rgbdd(root: pathlib.Path, depth_mode='I;16', size=(24, 32)) -> pathlib.Path:
+  """rgbdd/{Depth/ID_HR_gt.png (16-bit mm), RGB/ID_RGB.jpg}."""
+  data = root / 'data'
+  for sub in ('Depth', 'RGB'):
+    (data / 'rgbdd' / sub).mkdir(parents=True)
+  mm = np.random.default_rng(0).integers(500, 3500, size).astype(np.uint16)
+  depth = Image.fromarray(mm) if depth_mode == 'I;16' else Image.fromarray((mm // 16).astype(np.uint8))
+  depth.save(data / 'rgbdd' / 'Depth' / 'scene1_HR_gt.png')
+  Image.fromarray(_rgb(*size)).save(data / 'rgbdd' / 'RGB' / 'scene1_RGB.jpg')
+  return data
+
+
+def _corrupt_png(path: pathlib.Path):
+  # A real PNG signature, then garbage: it is recognised as a PNG and fails while decoding.
+  path.write_bytes(b'\x89PNG\r\n\x1a\n' + np.random.default_rng(0).bytes(200))
+
+
+def _truncate(path: pathlib.Path, keep: int = 100):
+  with open(path, 'r+b') as f:
+    f.truncate(keep)
+
+
+# ------------------------------------------------------------------------------------------ the cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """setup(case_dir, checkpoint) builds the inputs and returns (argv after the module, needles).
+
+  Every needle must appear in the error line (the file, directory or field it should name).
+  """
+  id: str
+  tool: str  # 'main' | 'predict' | 'builder'
+  setup: Callable[[pathlib.Path, pathlib.Path], tuple[list[str], list[str]]]
+  xfail: str = ''
+
+
+def _train(*overrides, data=None):
+  def argv(root):
+    a = ['--config', 'configs/test.py', '--workdir', str(root / 'work')]
+    if data is not None:
+      name, path = data
+      a += [f'--config.data.name={name}', f'--config.data.dir={path}']
+    return a + list(overrides)
+  return argv
+
+
+def _main_corrupt_png(root, _):
+  data = _middlebury_lu(root)
+  bad = data / 'middlebury_lu/Middlebury/Depth/Middlebury_01_output_depth.png'
+  _corrupt_png(bad)
+  return _train(data=('middlebury_lu', data))(root), [str(bad)]
+
+
+def _main_truncated_npy(root, _):
+  data = _nyu(root)
+  bad = data / 'nyu_v2/Depth/2.npy'
+  _truncate(bad)
+  return _train(data=('nyu_v2', data))(root), [str(bad)]
+
+
+def _main_size_mismatch(root, _):
+  data = _nyu(root, rgb_size={3: (24, 30)})
+  return _train(data=('nyu_v2', data))(root), [str(data / 'nyu_v2/Depth/3.npy'),
+                                                str(data / 'nyu_v2/RGB/3.jpg')]
+
+
+def _main_all_zero_depth(root, _):
+  data = _nyu(root, depth=lambda i, size: np.zeros(size, np.float32))
+  return _train(data=('nyu_v2', data))(root), [str(data), "'train'"]
+
+
+def _main_all_nan_depth(root, _):
+  data = _nyu(root, depth=lambda i, size: np.full(size, np.nan, np.float32))
+  return _train(data=('nyu_v2', data))(root), [str(data), "'train'"]
+
+
+def _main_16bit_expected(root, _):
+  data = _rgbdd(root, depth_mode='L')  # an 8-bit PNG where rgbdd stores 16-bit millimetres
+  return (_train(data=('rgbdd', data))(root),
+          [str(data / 'rgbdd/Depth/scene1_HR_gt.png'), "'L'", 'mm'])
+
+
+def _main_8bit_expected(root, _):
+  data = _middlebury_lu(root)
+  bad = data / 'middlebury_lu/Middlebury/Depth/Middlebury_03_output_depth.png'
+  Image.fromarray(np.full((24, 32), 3000, np.uint16)).save(bad)  # 16-bit where 8-bit disparity belongs
+  return _train(data=('middlebury_lu', data))(root), [str(bad)]
+
+
+def _main_scale_3(root, _):
+  return _train('--config.model.scale=3')(root), ['model.scale', '3']
+
+
+def _main_crop_not_multiple_of_scale(root, _):
+  # The HR crop must give a whole LR crop: 18 at x4 has no integer LR size.
+  return _train('--config.model.scale=4', '--config.data.crop=18')(root), ['data.crop', '18']
+
+
+def _main_missing_data_dir(root, _):
+  return _train(data=('middlebury_lu', '/nonexistent'))(root), ['/nonexistent']
+
+
+def _main_empty_train_split(root, _):
+  data = _nyu(root, ids=(1000, 1001))  # test ids only
+  return _train(data=('nyu_v2', data))(root), [str(data), "'train'"]
+
+
+def _main_empty_validation_split(root, _):
+  data = _middlebury_lu(root, numbers=(1, 3, 4))  # 3 scenes: every one of them is train
+  return _train(data=('middlebury_lu', data))(root), [str(data), "'validation'"]
+
+
+def _main_config_typo(root, _):
+  return _train('--config.train.num_step=3')(root), ['train.num_step']
+
+
+def _main_unknown_dataset(root, _):
+  return _train('--config.data.name=nyu')(root), ["'nyu'", 'data.name']
+
+
+def _predict(ckpt, inp, out, *extra):
+  return ['--checkpoint', str(ckpt), '--input', str(inp), '--output', str(out), *extra]
+
+
+def _depth_npy(path, a=None):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.save(path, _depth_m(12, 16) if a is None else a)
+  return path
+
+
+def _predict_corrupt_png(root, ckpt):
+  bad = root / 'in' / 'scan.png'
+  bad.parent.mkdir()
+  _corrupt_png(bad)
+  return _predict(ckpt, bad, root / 'out'), [str(bad)]
+
+
+def _predict_truncated_npy(root, ckpt):
+  bad = _depth_npy(root / 'in' / 'scan.npy')
+  _truncate(bad)
+  return _predict(ckpt, bad, root / 'out'), [str(bad)]
+
+
+def _predict_all_nan(root, ckpt):
+  bad = _depth_npy(root / 'in' / 'scan.npy', np.full((12, 16), np.nan, np.float32))
+  return _predict(ckpt, bad, root / 'out'), [str(bad)]
+
+
+def _predict_all_zero(root, ckpt):
+  bad = root / 'in' / 'scan.png'
+  bad.parent.mkdir()
+  Image.fromarray(np.zeros((12, 16), np.uint16)).save(bad)
+  return _predict(ckpt, bad, root / 'out'), [str(bad)]
+
+
+def _predict_rgb_as_depth(root, ckpt):
+  bad = root / 'in' / 'photo.png'
+  bad.parent.mkdir()
+  Image.fromarray(_rgb(12, 16)).save(bad)
+  return _predict(ckpt, bad, root / 'out'), [str(bad)]
+
+
+def _predict_existing_output(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  existing = _depth_npy(root / 'out' / 'scan_x2.npy', np.ones((24, 32), np.float32))
+  return _predict(ckpt, inp, root / 'out'), [str(existing), '--overwrite']
+
+
+def _predict_other_scale(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(ckpt, inp, root / 'out', '--scale', '8'), ['--scale 8', 'scale 2']
+
+
+def _predict_missing_checkpoint(root, _):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(root / 'no_such_run', inp, root / 'out'), [str(root / 'no_such_run')]
+
+
+def _builder(dataset, manual, out):
+  return ['--dataset', dataset, '--manual_dir', str(manual), '--data_dir', str(out)]
+
+
+def _builder_missing_manual_dir(root, _):
+  return _builder('middlebury_lu', '/nonexistent', root / 'tfds'), ['/nonexistent']
+
+
+def _builder_empty(root, _):
+  data = _nyu(root, ids=())
+  return _builder('nyu_v2', data, root / 'tfds'), [str(data), 'nyu_v2']
+
+
+def _builder_corrupt_png(root, _):
+  data = _middlebury_lu(root)
+  bad = data / 'middlebury_lu/Middlebury/Depth/Middlebury_04_output_depth.png'
+  _corrupt_png(bad)
+  return _builder('middlebury_lu', data, root / 'tfds'), [str(bad)]
+
+
+def _builder_16bit_expected(root, _):
+  data = _rgbdd(root, depth_mode='L')
+  # The rgbdd builder lists the 'realscene' split too and (unlike the readers' layout, where it is
+  # optional) needs its directories; empty ones make an empty split, which it skips.
+  for sub in ('Depth', 'DepthLR', 'RGB'):
+    (data / 'rgbdd' / 'realscene' / sub).mkdir(parents=True)
+  return _builder('rgbdd', data, root / 'tfds'), [str(data / 'rgbdd/Depth/scene1_HR_gt.png')]
+
+
+def _builder_unknown_dataset(root, _):
+  return _builder('nyu', root, root / 'tfds'), ["'nyu'"]
+
+
+CASES = [
+    Case('main-corrupt-png', 'main', _main_corrupt_png),
+    Case('main-truncated-npy', 'main', _main_truncated_npy),
+    Case('main-rgb-depth-size-mismatch', 'main', _main_size_mismatch),
+    Case('main-all-zero-depth', 'main', _main_all_zero_depth),
+    Case('main-all-nan-depth', 'main', _main_all_nan_depth),
+    Case('main-8bit-png-for-16bit-rgbdd', 'main', _main_16bit_expected),
+    Case('main-16bit-png-for-8bit-middlebury', 'main', _main_8bit_expected),
+    Case('main-scale-3', 'main', _main_scale_3),
+    Case('main-crop-not-multiple-of-scale', 'main', _main_crop_not_multiple_of_scale),
+    Case('main-missing-data-dir', 'main', _main_missing_data_dir),
+    Case('main-empty-train-split', 'main', _main_empty_train_split),
+    Case('main-empty-validation-split', 'main', _main_empty_validation_split),
+    Case('main-config-typo', 'main', _main_config_typo),
+    Case('main-unknown-dataset', 'main', _main_unknown_dataset),
+    Case('predict-corrupt-png', 'predict', _predict_corrupt_png),
+    Case('predict-truncated-npy', 'predict', _predict_truncated_npy),
+    Case('predict-all-nan', 'predict', _predict_all_nan),
+    Case('predict-all-zero-16bit-png', 'predict', _predict_all_zero),
+    Case('predict-rgb-png-as-depth', 'predict', _predict_rgb_as_depth),
+    Case('predict-existing-output', 'predict', _predict_existing_output),
+    Case('predict-checkpoint-of-other-scale', 'predict', _predict_other_scale),
+    Case('predict-missing-checkpoint', 'predict', _predict_missing_checkpoint),
+    Case('builder-missing-manual-dir', 'builder', _builder_missing_manual_dir),
+    Case('builder-empty-dataset', 'builder', _builder_empty, xfail=_TFDS_LEFTOVERS),
+    Case('builder-corrupt-png', 'builder', _builder_corrupt_png, xfail=_TFDS_LEFTOVERS),
+    Case('builder-8bit-png-for-16bit-rgbdd', 'builder', _builder_16bit_expected, xfail=_TFDS_LEFTOVERS),
+    Case('builder-unknown-dataset', 'builder', _builder_unknown_dataset),
+]
+
+MODULES = {'main': 'dsr_jax.main', 'predict': 'dsr_jax.predict', 'builder': 'input_pipeline.tfds_builders'}
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+class FilesChanged(AssertionError):
+  """The case created, removed or touched files (the xfail cases expect exactly this failure)."""
+
+
+@dataclasses.dataclass
+class Result:
+  returncode: int
+  stdout: str
+  stderr: str
+  needles: list[str]
+  before: dict
+  after: dict
+
+
+def _snapshot(path: pathlib.Path) -> dict:
+  """{relative path: (kind, size, mtime_ns)} of everything under path."""
+  out = {}
+  for p in sorted(path.rglob('*')):
+    st = p.lstat()
+    out[str(p.relative_to(path))] = ('dir' if p.is_dir() else 'file', st.st_size if p.is_file() else 0,
+                                     st.st_mtime_ns)
+  return out
+
+
+def _env():
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_', 'TF_', 'DSR_'))}
+  env.update({'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
+              'TF_CPP_MIN_LOG_LEVEL': '3',
+              'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH', '')]))})
+  return env
+
+
+def _make_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
+  """An x2 checkpoint (configs/test.py, untrained) written by the training code's own save()."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+  from dsr_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import optim  # pylint: disable=g-import-not-at-top
+  from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  cfg = test_config.get_config()
+  assert cfg.model.scale == 2
+  models = models_lib.build(cfg.model)
+  tx = optim.make(cfg, ('dsr', 'denet', 'spnet'))
+  state = state_lib.create(models, tx, jax.random.key(0), cfg.model.scale)
+  mngr = checkpointing.manager(str(workdir), keep=1)
+  try:
+    checkpointing.save(mngr, 1, state, state_lib.role_state(state), {'next_index': 0}, cfg)
+    mngr.wait_until_finished()
+  finally:
+    mngr.close()
+  return workdir
+
+
+def _run_case(case: Case, root: pathlib.Path, ckpt: pathlib.Path | None) -> Result:
+  root.mkdir(parents=True)
+  argv, needles = case.setup(root, ckpt)
+  before = _snapshot(root)
+  try:
+    p = subprocess.run([sys.executable, '-m', MODULES[case.tool], *argv], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    rc, out, err = p.returncode, p.stdout, p.stderr
+  except subprocess.TimeoutExpired as e:  # subprocess.run kills the child
+    rc, out, err = -1, str(e.stdout or ''), f'timed out after {TIMEOUT} s\n{e.stderr or ""}'
+  return Result(rc, out, err, needles, before, _snapshot(root))
+
+
+@pytest.fixture(scope='module')
+def results(request, tmp_path_factory):
+  """Runs every selected case (two at a time); {case id: Result}."""
+  params = [getattr(getattr(item, 'callspec', None), 'params', {}) for item in request.session.items
+            if item.module is request.module]
+  selected = {p['case'].id for p in params if 'case' in p}
+  cases = [c for c in CASES if c.id in selected and (c.tool != 'predict' or PREDICT.exists())]
+  ckpt = None
+  if any(c.tool == 'predict' for c in cases):
+    ckpt = _make_checkpoint(tmp_path_factory.mktemp('x2_run'))
+  base = tmp_path_factory.mktemp('cases')
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    futures = {c.id: pool.submit(_run_case, c, base / c.id, ckpt) for c in cases}
+    return {k: f.result() for k, f in futures.items()}
+
+
+def _params():
+  for c in CASES:
+    marks = [pytest.mark.xfail(reason=c.xfail, raises=FilesChanged, strict=True)] if c.xfail else []
+    yield pytest.param(c, id=c.id, marks=marks)
+
+
+@pytest.mark.parametrize('case', list(_params()))
+def test_bad_input(case, results):
+  if case.tool == 'predict' and not PREDICT.exists():
+    pytest.skip('dsr_jax/predict.py does not exist yet')
+  r = results[case.id]
+  everything = r.stdout + r.stderr
+  assert 'Traceback' not in everything, everything[-4000:]
+  assert r.returncode == 2, f'exit status {r.returncode}; stderr:\n{r.stderr[-4000:]}'
+  lines = [l for l in r.stderr.splitlines() if not _LOG_LINE.match(l) and not _PROGRESS.search(l)]
+  assert len(lines) == 1, f'expected one line on stderr, got {len(lines)}:\n' + '\n'.join(lines)
+  line = lines[0]
+  assert line.startswith('error:'), line
+  missing = [n for n in r.needles if n not in line]
+  assert not missing, f'{line!r} does not name {missing}'
+  if r.after != r.before:
+    raise FilesChanged(
+        f'files changed: created {sorted(r.after.keys() - r.before.keys())}, removed '
+        f'{sorted(r.before.keys() - r.after.keys())}, touched '
+        f'{sorted(k for k in r.before.keys() & r.after.keys() if r.before[k] != r.after[k])}')
+
+
+def test_enough_cases():
+  assert len(CASES) >= 12 and len({c.id for c in CASES}) == len(CASES)
