@@ -135,15 +135,20 @@ def _write_images(writer, step, imgs):
   writer.write_images(step, {f'images/{k}': v[None] for k, v in pics.items()})
 
 
-def validation_mad(config, models, params, mesh=None):
-  """Mean per-image MAD (dataset units) of DSRNet and of the bicubic baseline on the validation split."""
+def validation_mad(config, models, params, mesh=None, dataset=None):
+  """Mean per-image MAD (dataset units) of DSRNet and of the bicubic baseline on the validation split.
+
+  `dataset`: pipeline.eval_dataset of data.val_split, when the caller has built it already.
+  """
   from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   del mesh
   s = config.model.scale
   fwd = jax.jit(lambda p, lr: models.dsr.apply({'params': p}, lr))
   ours, bic = [], []
-  for b in pipeline.eval_dataset(config, config.data.val_split):
+  if dataset is None:
+    dataset = pipeline.eval_dataset(config, config.data.val_split)
+  for b in dataset:
     h, w = b['hr_depth'].shape[1:3]
     pred = np.asarray(fwd(params['dsr'], jnp.asarray(b['lr_depth'])))[:, :h, :w]
     base = degradation.upsample_bicubic(b['lr_depth'], s)[:, :h, :w]
@@ -162,7 +167,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   validate(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   tcfg = config.train
   is_ct = cross_task(config)
   models = models_lib.build(config.model)
@@ -178,6 +182,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   key = jax.random.key(config.seed)
   abstract = jax.eval_shape(create, key)
   train_iter = iter(pipeline.train_dataset(config))
+  # The validation split too is opened before anything is written: a missing or empty one fails now, with
+  # no workdir left behind, not after the whole run.
+  val_data = pipeline.eval_dataset(config, config.data.val_split)
+  os.makedirs(workdir, exist_ok=True)
 
   mngr = checkpointing.manager(workdir, config.ckpt.keep)
   restored = checkpointing.restore_latest(mngr, abstract, repl)
@@ -259,13 +267,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
           _write_images(writer, done, images_fn(state.params, batch))
         if config.eval.every_steps and (done % config.eval.every_steps == 0) and not is_last:
           with report.timed('eval'):
-            mad, bic, n = validation_mad(config, models, state.params)
+            mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
           writer.write_scalars(done, {'eval/mad': mad, 'eval/bicubic_mad': bic})
         if done % config.ckpt.every_steps == 0 or is_last:
           _check_finite(state)
           checkpointing.save(mngr, done, state, state_lib.role_state(state), last_data_state, config)
       _check_finite(state)
-      mad, bic, n = validation_mad(config, models, state.params)
+      mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
       writer.write_scalars(int(jax.device_get(state.step)), {'eval/mad': mad, 'eval/bicubic_mad': bic})
       summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': n, 'workdir': workdir,
                  'checkpoints': checkpointing.ckpt_dir(workdir), 'step': int(jax.device_get(state.step))}
