@@ -8,6 +8,7 @@ import sys
 
 # TF is only a dependency of clu's writer and tfds: keep it off any accelerator and quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # silences TF's start-up notice; TF runs no math here
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -40,7 +41,7 @@ def run(config, workdir: str) -> int:
         print(f"done: step {summary['step']}; validation MAD {summary['val_mad']:.4f} vs bicubic "
               f"{summary['bicubic_mad']:.4f} ({summary['val_images']} images, {config.data.name})")
         print(f'TensorBoard logs: {summary["workdir"]}  (tensorboard --logdir {summary["workdir"]})')
-        print(f'checkpoints: {summary["checkpoints"]}')
+        print(f'checkpoints: {summary["checkpoints"]}  (best by validation MAD: {summary["best_checkpoint"]})')
       return 0
     if config.mode == 'eval':
       from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top

@@ -138,26 +138,29 @@ def _write_images(writer, step, imgs):
 def validation_mad(config, models, params, mesh=None, dataset=None):
   """Mean per-image MAD (dataset units) of DSRNet and of the bicubic baseline on the validation split.
 
-  `dataset`: pipeline.eval_dataset of data.val_split, when the caller has built it already.
+  DSRNet runs through evaluate.super_resolve (mirrored borders, shape buckets), exactly as eval mode does,
+  so the checkpoint kept as best is judged as it will be reported. `dataset`: pipeline.eval_dataset of
+  data.val_split, when the caller has built it already.
   """
+  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   del mesh
   s = config.model.scale
-  fwd = jax.jit(lambda p, lr: models.dsr.apply({'params': p}, lr))
+  dsr_params = jax.device_get(params['dsr'])
   ours, bic = [], []
   if dataset is None:
     dataset = pipeline.eval_dataset(config, config.data.val_split)
   for b in dataset:
     h, w = b['hr_depth'].shape[1:3]
-    pred = np.asarray(fwd(params['dsr'], jnp.asarray(b['lr_depth'])))[:, :h, :w]
     base = degradation.upsample_bicubic(b['lr_depth'], s)[:, :h, :w]
     for i in range(len(b['mask'])):
       if not b['mask'][i]:
         continue
+      pred = evaluate.super_resolve(models.dsr, dsr_params, b['lr_depth'][i])[:h, :w, None]
       v = b['valid'][i] > 0
       n = float(b['norm'][i])
-      ours.append(np.abs(pred[i] - b['hr_depth'][i])[v].mean() * n)
+      ours.append(np.abs(pred - b['hr_depth'][i])[v].mean() * n)
       bic.append(np.abs(base[i] - b['hr_depth'][i])[v].mean() * n)
   return float(np.mean(ours)), float(np.mean(bic)), len(ours)
 
@@ -188,6 +191,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   mngr = checkpointing.manager(workdir, config.ckpt.keep)
+  best_mngr = checkpointing.best_manager(workdir)
+  best = {'mad': checkpointing.best_metric(best_mngr)}  # survives resumes: read back from the best checkpoint
   restored = checkpointing.restore_latest(mngr, abstract, repl)
   if restored is None:
     state = jax.jit(create, out_shardings=repl)(key)
@@ -225,6 +230,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
 
   prefetch = Prefetcher(train_iter, mesh, config.data.prefetch, tcfg.debug_poison_step, start)
+  def keep_best(step, mad, bic):
+    # The best checkpoint (by validation MAD) is what eval and predict pick from a workdir.
+    if mad < best['mad']:
+      _check_finite(state)
+      checkpointing.save_best(best_mngr, step, state, config, {'val_mad': mad, 'bicubic_mad': bic})
+      best['mad'] = mad
+
   acc, n_acc = None, 0
   last_data_state = data_state if data_state is not None else train_iter.get_state()
   t_log = time.perf_counter()
@@ -269,18 +281,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
           with report.timed('eval'):
             mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
           writer.write_scalars(done, {'eval/mad': mad, 'eval/bicubic_mad': bic})
+          keep_best(done, mad, bic)
         if done % config.ckpt.every_steps == 0 or is_last:
           _check_finite(state)
           checkpointing.save(mngr, done, state, state_lib.role_state(state), last_data_state, config)
       _check_finite(state)
       mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
-      writer.write_scalars(int(jax.device_get(state.step)), {'eval/mad': mad, 'eval/bicubic_mad': bic})
+      final_step = int(jax.device_get(state.step))
+      writer.write_scalars(final_step, {'eval/mad': mad, 'eval/bicubic_mad': bic})
+      keep_best(final_step, mad, bic)
       summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': n, 'workdir': workdir,
-                 'checkpoints': checkpointing.ckpt_dir(workdir), 'step': int(jax.device_get(state.step))}
+                 'checkpoints': checkpointing.ckpt_dir(workdir), 'step': final_step,
+                 'best_val_mad': best['mad'], 'best_checkpoint': os.path.join(workdir, checkpointing.BEST_DIR)}
   finally:
     prefetch.close()
     mngr.wait_until_finished()
     mngr.close()
+    best_mngr.close()
   return summary
 
 

@@ -155,6 +155,10 @@ def smoke_run(tmp_path_factory):
 def test_smoke_all_phases_one_trace_each_and_images(smoke_run):
   cfg, wd, summary, traces = smoke_run
   assert summary['step'] == 10 and np.isfinite(summary['val_mad'])
+  # The final validation is the only one here, so it is the best checkpoint, and a workdir resolves to it.
+  from dsr_jax import restore
+  assert restore.resolve_checkpoint(str(wd)) == (str(wd / 'checkpoints_best'), 10)
+  assert summary['best_val_mad'] == summary['val_mad']
   # stage 1, then rounds alternating DSR-student / DE-student: each phase traced exactly once.
   assert traces == {'stage1': 1, 'dsr_student': 1, 'de_student': 1}
   acc = _event_tags(wd)
