@@ -21,6 +21,8 @@ Then train from the records with `--config.data.tfds_dir ~/tensorflow_datasets`.
 unless `--file_format` says otherwise (only ArrayRecord is random-access readable by the pipeline).
 """
 import argparse
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -174,11 +176,21 @@ def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = F
     config['manual_dir'] = str(readers.resolve_data_dir(manual_dir))
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-  builder = BUILDERS[dataset](data_dir=data_dir)
-  # Statistics would cost a TensorFlow pass over full-size images and nothing here reads them.
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False,
-      **config))
+  # A failed build must leave nothing behind: remember which of the directories tfds creates exist now.
+  made = [os.path.abspath(data_dir), os.path.join(os.path.abspath(data_dir), 'downloads'),
+          os.path.join(os.path.abspath(data_dir), BUILDERS[dataset].name)]
+  existed = {d for d in made if os.path.exists(d)}
+  try:
+    builder = BUILDERS[dataset](data_dir=data_dir)
+    # Statistics would cost a TensorFlow pass over full-size images and nothing here reads them.
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False,
+        **config))
+  except BaseException:
+    for d in reversed(made):
+      if d not in existed and os.path.exists(d):
+        shutil.rmtree(d, ignore_errors=True)
+    raise
   return builder
 
 

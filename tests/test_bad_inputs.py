@@ -9,8 +9,7 @@ Each case builds its (tiny, fake) inputs under its own directory, runs one subpr
     removed or touched.
 The subprocesses run two at a time in a module fixture (they are mostly interpreter start-up).
 
-Known failures (xfail, strict): the TFDS builders leave empty directories under --data_dir when a build
-fails on bad manual data (see _TFDS_LEFTOVERS).
+A failed TFDS build removes the directories it created, so the builder cases hold to the same rule.
 """
 import concurrent.futures
 import dataclasses
@@ -38,10 +37,6 @@ _LOG_LINE = re.compile(r'^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages 
 _PROGRESS = re.compile(r'\[\d\d:\d\d[<,]|^[\s\x1b\[A]*$')
 
 # The builder cases that leave empty directories behind (see the report in the module docstring).
-_TFDS_LEFTOVERS = (
-    'input_pipeline/tfds_builders.py: tfds creates <data_dir>/downloads/extracted and <data_dir>/<dataset>/ '
-    'in download_and_prepare before _split_generators reads the manual dir, and leaves them (empty) '
-    'behind when that raises the DataError; build() should remove what it created on failure')
 
 
 # ------------------------------------------------------------------------------------------ fake data
@@ -317,9 +312,9 @@ CASES = [
     Case('predict-checkpoint-of-other-scale', 'predict', _predict_other_scale),
     Case('predict-missing-checkpoint', 'predict', _predict_missing_checkpoint),
     Case('builder-missing-manual-dir', 'builder', _builder_missing_manual_dir),
-    Case('builder-empty-dataset', 'builder', _builder_empty, xfail=_TFDS_LEFTOVERS),
-    Case('builder-corrupt-png', 'builder', _builder_corrupt_png, xfail=_TFDS_LEFTOVERS),
-    Case('builder-8bit-png-for-16bit-rgbdd', 'builder', _builder_16bit_expected, xfail=_TFDS_LEFTOVERS),
+    Case('builder-empty-dataset', 'builder', _builder_empty),
+    Case('builder-corrupt-png', 'builder', _builder_corrupt_png),
+    Case('builder-8bit-png-for-16bit-rgbdd', 'builder', _builder_16bit_expected),
     Case('builder-unknown-dataset', 'builder', _builder_unknown_dataset),
 ]
 
