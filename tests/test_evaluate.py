@@ -197,9 +197,10 @@ def test_depth_metrics():
 
 
 def test_resolve_checkpoint_forms(ckpt, tmp_path):
-  root, step = restore.resolve_checkpoint(ckpt)
+  # A training workdir resolves to its best checkpoint (here the final validation, step 8).
+  assert restore.resolve_checkpoint(ckpt) == (str(ckpt / 'checkpoints_best'), 8)
+  root, step = restore.resolve_checkpoint(ckpt / 'checkpoints')
   assert root == str(ckpt / 'checkpoints') and step == 8
-  assert restore.resolve_checkpoint(ckpt / 'checkpoints') == (root, 8)
   assert restore.resolve_checkpoint(ckpt / 'checkpoints' / '4') == (root, 4)
   with pytest.raises(UserError, match='no such file'):
     restore.resolve_checkpoint(tmp_path / 'nothing')
