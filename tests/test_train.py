@@ -196,3 +196,18 @@ def test_nan_guard_names_step_and_term(tmp_path):
     train.train_and_evaluate(cfg, str(tmp_path))
   # The last good checkpoint (step 2) exists; nothing at or after the poisoned step was saved.
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['2']
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer():
+  cfg = test_config.get_config()
+  cfg.model.dtype = 'bfloat16'
+  cfg, models, tx, st = _setup(cfg)
+  for phase in (roles.STAGE1, roles.DSR_STUDENT):
+    st, terms = _step(cfg, models, tx, phase)(st, _batch(cfg))
+    assert np.isfinite(float(terms['total']))
+  assert {x.dtype for x in jax.tree.leaves(st.params)} == {jnp.dtype('float32')}
+  assert {x.dtype for x in jax.tree.leaves(st.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)} == {
+      jnp.dtype('float32')}
+  # The forward pass really computes in bf16: the jaxpr carries bf16 convolutions.
+  f = functools.partial(steps.loss_fn, models=models, phase=roles.STAGE1, loss_cfg=cfg.loss, scale=cfg.model.scale)
+  assert 'bf16' in str(jax.make_jaxpr(lambda p: f(p, _batch(cfg))[0])(st.params))
