@@ -134,6 +134,17 @@ def _event_tags(workdir):
   return acc
 
 
+def _train_with_teachers(cfg, workdir, teachers):
+  """train_and_evaluate with the role picker replaced by a fixed sequence (forces role switches)."""
+  it = iter(teachers)
+  orig = roles.pick_teacher
+  roles.pick_teacher = lambda *a, **k: next(it)
+  try:
+    return train.train_and_evaluate(cfg, str(workdir))
+  finally:
+    roles.pick_teacher = orig
+
+
 @pytest.fixture(scope='module')
 def smoke_run(tmp_path_factory):
   """One tiny full run (stage 1 + several stage-2 rounds, role switches forced by a patched picker)."""
@@ -142,13 +153,7 @@ def smoke_run(tmp_path_factory):
   cfg.train.num_steps, cfg.train.stage1_steps, cfg.train.round_steps = 10, 2, 2
   cfg.ckpt.every_steps = 6
   steps.TRACES.clear()
-  teachers = iter([roles.DENET, roles.DSR, roles.DENET, roles.DSR, roles.DENET])
-  orig = roles.pick_teacher
-  roles.pick_teacher = lambda *a, **k: next(teachers)
-  try:
-    summary = train.train_and_evaluate(cfg, str(wd))
-  finally:
-    roles.pick_teacher = orig
+  summary = _train_with_teachers(cfg, wd, [roles.DENET, roles.DSR, roles.DENET, roles.DSR, roles.DENET])
   return cfg, wd, summary, dict(steps.TRACES)
 
 
@@ -176,13 +181,8 @@ def test_resume_is_exact(smoke_run, tmp_path):
   resumed = tmp_path / 'resumed'
   shutil.copytree(wd, resumed)
   shutil.rmtree(resumed / 'checkpoints' / '10')  # as if preempted after the step-6 checkpoint
-  teachers = iter([roles.DENET, roles.DSR])  # rounds starting at steps 6 and 8, as in the first run
-  orig = roles.pick_teacher
-  roles.pick_teacher = lambda *a, **k: next(teachers)
-  try:
-    s2 = train.train_and_evaluate(cfg, str(resumed))
-  finally:
-    roles.pick_teacher = orig
+  # Rounds start at steps 6 and 8, with the teachers the first run had there.
+  s2 = _train_with_teachers(cfg, resumed, [roles.DENET, roles.DSR])
   assert s2['step'] == 10
   import orbax.checkpoint as ocp
   load = lambda d: ocp.StandardCheckpointer().restore(d / 'checkpoints' / '10' / 'params')
