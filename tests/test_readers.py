@@ -237,7 +237,10 @@ def test_corrupt_npy_names_file(tmp_path):
   _png(rgb_dir / '1000.jpg', np.zeros((4, 5, 3), np.uint8))
   _png(rgb_dir / '1001.jpg', np.zeros((4, 5, 3), np.uint8))
   (depth_dir / '1000.npy').write_bytes(b'not a numpy file')
-  np.save(depth_dir / '1001.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
+  # An object-dtype .npy (a pickle inside), written by hand: the reader must refuse it, not unpickle it.
+  with open(depth_dir / '1001.npy', 'wb') as f:
+    np.lib.format.write_array_header_1_0(f, {'descr': '|O', 'fortran_order': False, 'shape': (1,)})
+    f.write(pickle.dumps([{'a': 1}]))
   bad_bytes, pickled = readers.list_records(tmp_path, 'nyu_v2', 'test')
   _one_line_error(readers.load_example, bad_bytes, match=(bad_bytes.depth_path,))
   _one_line_error(readers.load_example, pickled, match=(pickled.depth_path,))
