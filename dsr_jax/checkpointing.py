@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 
 from absl import logging
 import jax
@@ -53,7 +54,7 @@ def _abstract(tree, sharding):
 
 
 @contextlib.contextmanager
-def _quiet_failed_restore():
+def quiet_failed_restore():
   """Keeps the leftovers of orbax's failed reads off stderr; yields a list to append to on failure.
 
   A restore that fails on one array abandons the reads of the others. When they are collected, Python and
@@ -67,13 +68,16 @@ def _quiet_failed_restore():
   sys.unraisablehook = lambda u: logging.debug('ignored during restore: %s', u.exc_value)
   aio.disabled = True
   failed = []
-  try:
-    yield failed
-  finally:
-    if failed:
-      time.sleep(0.2)
-    gc.collect()
-    sys.unraisablehook, aio.disabled = hook, aio_disabled
+  with warnings.catch_warnings():
+    # Collecting an abandoned read also warns "coroutine ... was never awaited" (through `warnings`).
+    warnings.filterwarnings('ignore', message=r'coroutine .* was never awaited', category=RuntimeWarning)
+    try:
+      yield failed
+    finally:
+      if failed:
+        time.sleep(0.2)
+      gc.collect()
+      sys.unraisablehook, aio.disabled = hook, aio_disabled
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
@@ -119,7 +123,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, sharding):
   for step in steps:
     # try inside with: the exception (and the frames of the abandoned reads it holds) is gone by the time
     # the quiet window collects them.
-    with _quiet_failed_restore() as failure:
+    with quiet_failed_restore() as failure:
       try:
         r = mngr.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(_abstract(abstract_state.params, sharding)),

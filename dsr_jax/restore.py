@@ -16,21 +16,18 @@ not in the target.
 
 Every problem with the checkpoint raises `UserError` with one line naming the path and what was expected.
 """
-import contextlib
 import functools
-import gc
 import os
 import pathlib
-import sys
 
-from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from dsr_jax import checkpointing
 from dsr_jax.errors import UserError
 
-BEST_DIR = 'checkpoints_best'
+BEST_DIR = checkpointing.BEST_DIR  # written by training (train.keep_best)
 CKPT_DIR = 'checkpoints'
 REQUIRED_ITEMS = ('params', 'config')
 _EXPECTED = ('a training workdir, its checkpoints/ directory, or one step directory holding '
@@ -97,23 +94,6 @@ def resolve_checkpoint(path) -> tuple[str, int]:
   return str(root), step
 
 
-@contextlib.contextmanager
-def _quiet_abandoned_reads():
-  """Keeps Orbax's leftovers of a failed restore off stderr.
-
-  A restore that fails on one array abandons the reads of the others; their callbacks then fail on a closed
-  event loop and Python prints a traceback for each through sys.unraisablehook, a wall of noise around an
-  error that is already reported as one line.
-  """
-  old = sys.unraisablehook
-  sys.unraisablehook = lambda u: logging.debug('ignored during restore: %s', u.exc_value)
-  try:
-    yield
-  finally:
-    gc.collect()  # collect the abandoned coroutines while the hook is still quiet
-    sys.unraisablehook = old
-
-
 def _manager(root: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True))
 
@@ -172,12 +152,18 @@ def load_params(path, nets=('dsr',)):
     raise UserError(f'checkpoint {step_dir}: its config does not build a model ({e})') from e
   restore_args = jax.tree.map(
       lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), target)
-  try:
-    with _quiet_abandoned_reads(), _manager(root) as mngr:
+  error = None
+  # The try sits inside the quiet window: the exception (which holds the abandoned reads) is dropped before
+  # the window collects them, so no "never awaited" noise reaches stderr.
+  with checkpointing.quiet_failed_restore() as failure, _manager(root) as mngr:
+    try:
       params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True))).params
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'checkpoint {step_dir}: cannot restore params {"/".join(target)} ({_one_line(e)})') from e
+    except Exception as e:  # pylint: disable=broad-except
+      failure.append(step)
+      error = _one_line(e)
+  if error is not None:
+    raise UserError(f'checkpoint {step_dir}: cannot restore params {"/".join(target)} ({error})')
   got = jax.tree.structure(params)
   if got != jax.tree.structure(target):
     raise UserError(f'checkpoint {step_dir}: params do not match the model of its config (expected '
