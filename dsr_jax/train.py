@@ -243,6 +243,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   summary = {}
   try:
     with metric_writers.ensure_flushes(writer), jax.set_mesh(mesh):
+      # Host copy of the teacher: it only changes at round starts, so reading state.teacher every step
+      # would be a needless per-step host sync that stalls asynchronous dispatch.
+      teacher = int(jax.device_get(state.teacher))
       for step in range(start, tcfg.num_steps):
         if is_ct and roles.is_round_start(step, tcfg.stage1_steps, tcfg.round_steps):
           s_ = jax.device_get(state.err_sum) / max(int(jax.device_get(state.err_count)), 1)
@@ -251,8 +254,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         elif not is_ct or step < tcfg.stage1_steps:
           if step % tcfg.round_steps == 0 and step > 0:
             state = new_round(state, roles.NO_TEACHER)
-        phase = roles.phase_for(int(jax.device_get(state.teacher)) if is_ct and step >= tcfg.stage1_steps
-                                else roles.NO_TEACHER, is_ct)
+        phase = roles.phase_for(teacher if is_ct and step >= tcfg.stage1_steps else roles.NO_TEACHER, is_ct)
         batch, last_data_state = prefetch.get()
         state, terms = step_fn(phase)(state, batch)
         acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
