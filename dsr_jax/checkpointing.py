@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dsr_jax.errors import UserError
+from dsr_jax.errors import one_line
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
 
@@ -80,11 +81,6 @@ def quiet_failed_restore():
       sys.unraisablehook, aio.disabled = hook, aio_disabled
 
 
-def _one_line(e: BaseException, limit: int = 200) -> str:
-  text = ' '.join(str(e).split())
-  return f'{type(e).__name__}: {text[:limit]}' if text else type(e).__name__
-
-
 def _set_aside(mngr: ocp.CheckpointManager, steps) -> str:
   """Moves unreadable step directories to <workdir>/checkpoints_unreadable/ and refreshes the manager.
 
@@ -130,10 +126,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, sharding):
             opt_state=ocp.args.StandardRestore(_abstract(abstract_state.opt_state, sharding)),
             role=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint at step %d is unreadable (%s)', step, _one_line(e))
+        logging.warning('checkpoint at step %d is unreadable (%s)', step, one_line(e))
         failure.append(step)
         # Text only: keeping the exception would keep the abandoned reads alive past the quiet window.
-        first_error = first_error or _one_line(e, 150)
+        first_error = first_error or one_line(e, 150)
     if failure:
       failed.append(step)
       continue
@@ -168,7 +164,7 @@ def best_metric(mngr: ocp.CheckpointManager) -> float:
   try:
     return float(mngr.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())).metrics['val_mad'])
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning('best checkpoint %d has no readable metrics (%s)', step, _one_line(e))
+    logging.warning('best checkpoint %d has no readable metrics (%s)', step, one_line(e))
     return float('inf')
 
 

@@ -15,3 +15,9 @@ class DataError(UserError):
 
 class ConfigError(UserError):
   """A config field out of range: names the field and the allowed values."""
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+  """'Type: message' with whitespace collapsed and the message cut to `limit` characters."""
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text[:limit]}' if text else type(e).__name__

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from dsr_jax.errors import UserError
+from dsr_jax.errors import one_line
 
 SUFFIXES = ('.png', '.npy')
 PNG_MODES = {'L': 'png8', 'I;16': 'png16', 'I;16L': 'png16', 'I;16B': 'png16', 'I': 'png16'}
@@ -72,11 +73,6 @@ class DepthInput:
   data: np.ndarray | None = None  # decoded values, kept for small inputs
 
 
-def _one_line(e: BaseException) -> str:
-  text = ' '.join(str(e).split())
-  return f'{type(e).__name__}: {text[:200]}' if text else type(e).__name__
-
-
 def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
   """Decodes one input file: (array in its stored dtype, kind); UserError for anything but a depth map."""
   suffix = path.suffix.lower()
@@ -84,7 +80,7 @@ def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
     try:
       a = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-      raise UserError(f'{path}: cannot read .npy depth ({_one_line(e)}); expected a complete 2-D numeric '
+      raise UserError(f'{path}: cannot read .npy depth ({one_line(e)}); expected a complete 2-D numeric '
                       'array saved with numpy.save') from e
     if not isinstance(a, np.ndarray):
       raise UserError(f'{path}: not a single .npy array (expected a 2-D depth array)')
@@ -106,7 +102,7 @@ def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
       image = Image.open(path)
       image.load()  # decode now: a truncated or corrupt file fails here
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise UserError(f'{path}: cannot read PNG ({_one_line(e)}); expected an 8- or 16-bit single-channel '
+    raise UserError(f'{path}: cannot read PNG ({one_line(e)}); expected an 8- or 16-bit single-channel '
                     'PNG') from e
   if image.format != 'PNG':
     raise UserError(f'{path}: is a {image.format} image, not a PNG (expected an 8- or 16-bit single-channel '

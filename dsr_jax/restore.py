@@ -26,17 +26,13 @@ import orbax.checkpoint as ocp
 
 from dsr_jax import checkpointing
 from dsr_jax.errors import UserError
+from dsr_jax.errors import one_line
 
 BEST_DIR = checkpointing.BEST_DIR  # written by training (train.keep_best)
 CKPT_DIR = 'checkpoints'
 REQUIRED_ITEMS = ('params', 'config')
 _EXPECTED = ('a training workdir, its checkpoints/ directory, or one step directory holding '
              "'params' and 'config'")
-
-
-def _one_line(e: BaseException) -> str:
-  text = ' '.join(str(e).split())
-  return f'{type(e).__name__}: {text[:200]}' if text else type(e).__name__
 
 
 def _steps(directory: pathlib.Path) -> list[int]:
@@ -106,7 +102,7 @@ def read_config(checkpoint_dir: str, step: int) -> ml_collections.ConfigDict:
       raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
   except Exception as e:  # pylint: disable=broad-except
     # Orbax reports a missing or corrupt item through many exception types; all mean the same here.
-    raise UserError(f'checkpoint {step_dir}: cannot read the config item ({_one_line(e)})') from e
+    raise UserError(f'checkpoint {step_dir}: cannot read the config item ({one_line(e)})') from e
   if not isinstance(raw, dict) or not isinstance(raw.get('model'), dict):
     raise UserError(f'checkpoint {step_dir}: the config item has no model section (expected the training '
                     'config saved as JSON)')
@@ -161,7 +157,7 @@ def load_params(path, nets=('dsr',)):
           item=target, restore_args=restore_args, partial_restore=True))).params
     except Exception as e:  # pylint: disable=broad-except
       failure.append(step)
-      error = _one_line(e)
+      error = one_line(e)
   if error is not None:
     raise UserError(f'checkpoint {step_dir}: cannot restore params {"/".join(target)} ({error})')
   got = jax.tree.structure(params)
