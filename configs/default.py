@@ -26,6 +26,7 @@ def get_config(arg=None):
   d.prefetch = 2  # Batches prefetched to device ahead of the step.
   d.eval_batch = 1  # Whole-image eval batch size (padded so every image counts once).
   d.val_split = 'validation'  # Split used for periodic validation during training.
+  d.val_name = ''  # Dataset(s) validated on during training ('' = data.name); picks the best checkpoint.
   d.min_valid = 0.5  # A training crop with fewer valid depth pixels than this fraction is re-drawn.
   d.crop_tries = 10  # Re-draws per example before the best crop found is kept.
   # synthetic_rgbd only

@@ -4,6 +4,7 @@ Kept short on purpose (as the flax examples do) so the logic stays importable fr
 A mistake in the user's config, data or files prints one line and exits with status 2.
 """
 import os
+import re
 import sys
 
 # TF is only a dependency of clu's writer and tfds: keep it off any accelerator and quiet.
@@ -39,7 +40,8 @@ def run(config, workdir: str) -> int:
       summary = train.train_and_evaluate(config, workdir)
       if jax.process_index() == 0:
         print(f"done: step {summary['step']}; validation MAD {summary['val_mad']:.4f} vs bicubic "
-              f"{summary['bicubic_mad']:.4f} ({summary['val_images']} images, {config.data.name})")
+              f"{summary['bicubic_mad']:.4f} ({summary['val_images']} images, "
+              f"{config.data.get('val_name', '') or config.data.name})")
         print(f'TensorBoard logs: {summary["workdir"]}  (tensorboard --logdir {summary["workdir"]})')
         print(f'checkpoints: {summary["checkpoints"]}  (best by validation MAD: {summary["best_checkpoint"]})')
       return 0
@@ -68,7 +70,13 @@ def main(argv):
 
 
 def _one_line(e: BaseException) -> str:
-  text = str(e).replace('\\n', ' ').replace("\\'", "'")
+  text = str(e)
+  if 'Traceback (most recent call last)' in text:
+    # config_flags wraps an exception raised inside get_config() with its whole traceback: keep its last line.
+    raised = [ln.strip() for ln in text.splitlines() if re.match(r'\s*[\w.]+(Error|Exception)\b', ln)]
+    if raised:
+      text = f'{text.splitlines()[0].split(":")[0]}: {raised[-1]}'
+  text = text.replace('\\n', ' ').replace("\\'", "'")
   return ' '.join(text.split()).strip('"\'')
 
 

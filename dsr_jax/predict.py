@@ -160,11 +160,11 @@ def input_norm(config, kind: str, override: float) -> float:
     return float(override)
   if kind == 'png8':
     return 255.0
-  names = [n.strip() for n in str(config.data.get('name', '')).split('+')]
-  unknown = [n for n in names if n not in readers.DATASETS]
-  if unknown:
+  try:
+    names = [n for n, _ in readers.parse_mix(config.data.get('name', ''))]
+  except readers.DataError as e:
     raise UserError(f'checkpoint config data.name={config.data.get("name")!r}: unknown dataset, so its depth '
-                    'norm is unknown; pass --norm')
+                    'norm is unknown; pass --norm') from e
   norms = sorted({readers.DATASETS[n].norm for n in names})
   if len(norms) > 1:
     raise UserError(f'checkpoint trained on {config.data.name!r}, whose datasets use different depth norms '

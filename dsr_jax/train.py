@@ -135,12 +135,26 @@ def _write_images(writer, step, imgs):
   writer.write_images(step, {f'images/{k}': v[None] for k, v in pics.items()})
 
 
+def val_dataset(config):
+  """Whole-image batches of data.val_split of data.val_name (or of data.name when that is empty)."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sources  # pylint: disable=g-import-not-at-top
+  name = config.data.get('val_name', '')
+  if not name:
+    return pipeline.eval_dataset(config, config.data.val_split)
+  data = config.data.copy_and_resolve_references()
+  data.unlock()
+  data.name = name
+  return pipeline.eval_dataset(config, config.data.val_split,
+                               source=sources.get_source(data, config.data.val_split))
+
+
 def validation_mad(config, models, params, mesh=None, dataset=None):
   """Mean per-image MAD (dataset units) of DSRNet and of the bicubic baseline on the validation split.
 
   DSRNet runs through evaluate.super_resolve (mirrored borders, shape buckets), exactly as eval mode does,
   so the checkpoint kept as best is judged as it will be reported. `dataset`: pipeline.eval_dataset of
-  data.val_split, when the caller has built it already.
+  val_dataset(config), when the caller has built it already.
   """
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
@@ -150,7 +164,7 @@ def validation_mad(config, models, params, mesh=None, dataset=None):
   dsr_params = jax.device_get(params['dsr'])
   ours, bic = [], []
   if dataset is None:
-    dataset = pipeline.eval_dataset(config, config.data.val_split)
+    dataset = val_dataset(config)
   for b in dataset:
     h, w = b['hr_depth'].shape[1:3]
     base = degradation.upsample_bicubic(b['lr_depth'], s)[:, :h, :w]
@@ -187,7 +201,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_iter = iter(pipeline.train_dataset(config))
   # The validation split too is opened before anything is written: a missing or empty one fails now, with
   # no workdir left behind, not after the whole run.
-  val_data = pipeline.eval_dataset(config, config.data.val_split)
+  val_data = val_dataset(config)
   os.makedirs(workdir, exist_ok=True)
 
   mngr = checkpointing.manager(workdir, config.ckpt.keep)

@@ -112,7 +112,30 @@ class Record:
 
 def unknown_dataset_error(name: str) -> DataError:
   return DataError(f"unknown dataset {name!r} in data.name (known: {', '.join(KNOWN_DATASETS)}; "
-                   "join names with '+' to mix them)")
+                   "join names with '+' to mix them, 'name*K' repeats one K times in the train split)")
+
+
+def parse_mix(value: str) -> list[tuple[str, int]]:
+  """data.name -> [(dataset, repeats)]: 'middlebury_lu*4+rgbdd' -> [('middlebury_lu', 4), ('rgbdd', 1)].
+
+  Repeats weight a small set against a large one in the training mix without copying any data.
+  """
+  mix = []
+  for part in str(value).split('+'):
+    name, star, count = part.strip().partition('*')
+    name = name.strip()
+    if name not in DATASETS:
+      raise unknown_dataset_error(name)
+    repeats = 1
+    if star:
+      try:
+        repeats = int(count)
+      except ValueError:
+        repeats = 0
+      if repeats < 1:
+        raise DataError(f'data.name={value!r}: {part.strip()!r} needs a positive whole repeat count after *')
+    mix.append((name, repeats))
+  return mix
 
 
 def dataset_info(name: str) -> DatasetInfo:

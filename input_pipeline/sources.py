@@ -1,6 +1,7 @@
 """grain random-access data sources for every dataset, all yielding the common example format.
 
-`get_source(config.data, split)` picks, per dataset name (names joined by '+' are concatenated):
+`get_source(config.data, split)` picks, per dataset name (names joined by '+' are concatenated; 'name*K'
+repeats that dataset K times in the train split):
   - 'synthetic_rgbd': procedural scenes (input_pipeline/synthetic.py), never read from disk;
   - data.tfds_dir set: the prepared TFDS ArrayRecords (`tfds.data_source`; numpy decoding, no TensorFlow);
   - otherwise: the manual directory (data.dir, else $DSR_DATA_DIR), decoded once into memory.
@@ -175,9 +176,10 @@ def get_source(data_config, split: str):
   Raises:
     DataError: unknown dataset or split, missing or bad data.
   """
-  names = [n.strip() for n in str(data_config.name).split('+')]
-  for name in names:  # All names first: a typo in the second should not wait for the first to load.
-    if name not in readers.KNOWN_DATASETS:
-      raise readers.unknown_dataset_error(name)
-  parts = [_single_source(n, data_config, split) for n in names]
+  mix = readers.parse_mix(data_config.name)  # All names first: a typo in the second should not wait.
+  parts = []
+  for name, repeats in mix:
+    source = _single_source(name, data_config, split)
+    # Repeats weight the training mix only; evaluation sees every image once.
+    parts += [source] * (repeats if split == 'train' else 1)
   return parts[0] if len(parts) == 1 else ConcatSource(parts)

@@ -53,3 +53,29 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, flag, needle):
   errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and needle in errors[0], r.stderr[-2000:]
   assert 'Traceback' not in r.stderr
+
+
+def test_cpu_real_variants_share_data_and_steps():
+  runs = {a: load_config('configs/cpu_real.py', a) for a in ('x4', 'x4,wo_ct', 'x4,fixed', 'x8', 'x8,wo_ct')}
+  assert not runs['x4,wo_ct'].model.use_denet and not runs['x4,wo_ct'].model.use_spnet
+  assert runs['x4'].model.use_denet and runs['x4'].train.fixed_teacher == ''
+  assert runs['x4,fixed'].train.fixed_teacher == 'denet'
+  assert runs['x8'].model.scale == 8 and runs['x8'].data.crop % 8 == 0
+  for a, c in runs.items():
+    same = runs[f'x{c.model.scale}']
+    for field in ('data.name', 'data.crop', 'train.batch_size', 'train.num_steps', 'seed'):
+      part, leaf = field.split('.') if '.' in field else (None, field)
+      get = (lambda cfg: cfg[part][leaf]) if part else (lambda cfg: cfg[leaf])
+      assert get(c) == get(same), (a, field)
+  with pytest.raises(ValueError, match="unknown argument 'x5'"):
+    load_config('configs/cpu_real.py', 'x5')
+
+
+def test_cli_bad_config_argument_is_one_line_exit_2(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'dsr_jax.main', '--config', 'configs/cpu_real.py:x4,fast',
+                      '--workdir', str(tmp_path / 'w')], capture_output=True, text=True, timeout=300,
+                     cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert r.returncode == 2
+  errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and "unknown argument 'fast'" in errors[0], r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr and not (tmp_path / 'w').exists()

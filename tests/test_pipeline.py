@@ -356,3 +356,32 @@ def test_eval_middlebury2005_through_the_pipeline_keeps_the_protocol(shared_data
       mad[b['name'][k]] = round(float(np.abs(np.round(np.clip(pred, 0, 255)) - gt).mean()), 2)
   assert len(mad) == 6
   assert (mad['art'], mad['books'], mad['moebius']) == (0.97, 0.29, 0.30)
+
+
+def test_mix_repeats_weight_train_only():
+  from input_pipeline import readers, sources  # pylint: disable=g-import-not-at-top
+  assert readers.parse_mix('middlebury_lu*8+rgbdd') == [('middlebury_lu', 8), ('rgbdd', 1)]
+  c = default.get_config()
+  c.data.synthetic.num_train, c.data.synthetic.num_val = 5, 3
+  c.data.name = 'synthetic_rgbd*3'
+  train = sources.get_source(c.data, 'train')
+  assert len(train) == 15
+  np.testing.assert_array_equal(train[1]['depth'], train[6]['depth'])  # a repeat, not a new scene
+  assert len(sources.get_source(c.data, 'validation')) == 3  # evaluation sees every image once
+  for bad in ('synthetic_rgbd*0', 'synthetic_rgbd*two', 'synthetic_rgbd*'):
+    with pytest.raises(DataError, match='repeat count'):
+      readers.parse_mix(bad)
+  with pytest.raises(DataError, match="unknown dataset 'nope'"):
+    readers.parse_mix('synthetic_rgbd*2+nope')
+
+
+def test_val_name_validates_on_another_dataset(shared_data_dir):
+  from dsr_jax import train  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.data.dir = str(shared_data_dir)
+  c.data.name = 'middlebury_lu*8+rgbdd'
+  c.data.val_name = 'middlebury_lu'
+  names = [n for b in train.val_dataset(c) for n, m in zip(b['name'], b['mask']) if m]
+  assert len(names) == 4 and all(n.startswith(('Middlebury', 'RGBD')) for n in names), names
+  c.data.val_name = ''
+  assert sum(int(b['mask'].sum()) for b in train.val_dataset(c)) == 44  # 4 middlebury_lu + 40 rgbdd

@@ -200,3 +200,34 @@ def test_refusal(refusals, case):
   proc, stdout, stderr, out, expect = refusals[case]
   _assert_one_line_refusal(proc, stdout, stderr, expect)
   assert not out.exists()  # nothing written, not even the output directory
+
+
+def test_export_is_dsrnet_only_and_predicts_the_same(ckpt, tmp_path, capsys):
+  from dsr_jax import export, restore  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'dsrnet_x2'
+  assert export.main(['--checkpoint', str(ckpt), '--output', str(out)]) == 0
+  config, params, info = restore.load_params(out, ('dsr', 'denet', 'spnet'))
+  assert set(params) == {'dsr'} and not config.model.use_denet and config.export.use_denet
+  _, full, _ = restore.load_params(ckpt, ('dsr',))
+  for a, b in zip(jax_leaves(params['dsr']), jax_leaves(full['dsr'])):
+    np.testing.assert_array_equal(a, b)
+  inputs = tmp_path / 'in'
+  write_inputs(inputs)
+  for name, source in (('w', ckpt), ('e', out)):
+    assert predict.main(['--checkpoint', str(source), '--input', str(inputs / 'b8.png'),
+                         '--output', str(tmp_path / name)]) == 0
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'w' / 'b8_x2.png')),
+                                np.asarray(Image.open(tmp_path / 'e' / 'b8_x2.png')))
+  before = sorted(p.relative_to(out) for p in out.rglob('*'))
+  capsys.readouterr()
+  assert export.main(['--checkpoint', str(ckpt), '--output', str(out)]) == 2  # no silent replacement
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and str(out) in err[0] and '--overwrite' in err[0]
+  assert sorted(p.relative_to(out) for p in out.rglob('*')) == before
+  assert export.main(['--checkpoint', str(tmp_path / 'nope'), '--output', str(tmp_path / 'x')]) == 2
+  assert not (tmp_path / 'x').exists()
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]

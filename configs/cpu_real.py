@@ -1,0 +1,55 @@
+"""The CPU preset for the paper claim (README "Does cross-task transfer help?"): real data, one run <= 30 min.
+
+  python -m dsr_jax.main --config configs/cpu_real.py:x4 --workdir runs/x4_ct          # DSRNet with CT
+  python -m dsr_jax.main --config configs/cpu_real.py:x4,wo_ct --workdir runs/x4_wo_ct  # DSRNet alone
+  python -m dsr_jax.main --config configs/cpu_real.py:x4,fixed --workdir runs/x4_fixed  # CT, DENet always teaches
+
+The argument is a comma list: the scale (x2, x4, x8, x16) and at most one variant (wo_ct, fixed). Every run of a
+scale sees the same data, crops and number of steps, so the rows are comparable. Training data: the
+middlebury_lu train split (repeated 8 times, so its 26 images weigh about a third of the mix against
+rgbdd's 362) plus rgbdd train; never the six Middlebury 2005 benchmark scenes (readers.BENCHMARK_SCENES).
+Needs the data directory of ../shared/data: --config.data.dir=DIR or $DSR_DATA_DIR.
+"""
+from configs import default
+
+_VARIANTS = ('ct', 'wo_ct', 'fixed')
+
+
+def get_config(arg=None):
+  scale, variant = 4, 'ct'
+  for token in str(arg or '').split(','):
+    token = token.strip()
+    if not token:
+      continue
+    if token in ('x2', 'x4', 'x8', 'x16'):
+      scale = int(token[1:])
+    elif token in _VARIANTS:
+      variant = token
+    else:
+      raise ValueError(f'configs/cpu_real.py: unknown argument {token!r} (expected x2|x4|x8|x16 and one of '
+                       f'{"|".join(_VARIANTS)}, e.g. cpu_real.py:x4,wo_ct)')
+  c = default.get_config()
+  c.data.name = 'middlebury_lu*8+rgbdd'
+  # Validate on the 4 held-out Middlebury/Lu images (disparity, like the benchmark): 44 mixed images cost a
+  # minute per validation here, and their MAD would mix 0-255 disparity with millimetres.
+  c.data.val_name = 'middlebury_lu'
+  c.model.scale = scale
+  # A third of the paper's width: 1.5 M DSRNet parameters at x4 (6 MB checkpoint), ~0.7 s a CT step here.
+  c.model.channels = 32
+  c.model.feat = 64
+  # Same HR pixels per batch at every scale; x8 gets larger crops so its LR input is not 8x8.
+  c.data.crop, c.train.batch_size = {2: (64, 8), 4: (64, 8), 8: (96, 4), 16: (128, 2)}[scale]
+  c.train.num_steps = 1500
+  c.train.stage1_steps = 500
+  c.train.round_steps = 100
+  c.train.log_every = 50
+  c.train.image_every = 500
+  c.eval.every_steps = 500
+  c.ckpt.every_steps = 500
+  c.data.workers = 0  # 2 cores: a worker process would take a core from the step.
+  if variant == 'wo_ct':
+    c.model.use_denet = False
+    c.model.use_spnet = False
+  elif variant == 'fixed':
+    c.train.fixed_teacher = 'denet'
+  return c

@@ -1,0 +1,88 @@
+"""Export DSRNet alone from a training checkpoint: what `predict` and eval mode need, nothing else.
+
+  python -m dsr_jax.export --checkpoint runs/x4_ct --output checkpoints/dsrnet_x4 [--overwrite]
+
+A training checkpoint also holds DENet, SPNet, the Adam state of all three and the data iterator (3-4x the
+size of DSRNet); the export is an Orbax checkpoint directory with one step holding `params` = {'dsr': ...},
+the training `config` (model.use_denet / use_spnet set False, so that it describes what the checkpoint
+contains; the original values stay in config.export) and `metrics` (when the source had them). `predict
+--checkpoint` and `--config.eval.checkpoint_dir` take the exported directory as they take a workdir.
+Errors print one line and exit with status 2; an existing output is never replaced without --overwrite.
+"""
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+from dsr_jax.errors import UserError
+
+
+def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
+  """Writes DSRNet's parameters + config of `checkpoint` to `output`/<step>/; returns that directory."""
+  out = os.path.abspath(os.path.expanduser(output))
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f'--output {out}: exists and is not a directory')
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise UserError(f'--output {out}: exists and is not empty (pass --overwrite to replace it)')
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  config, params, info = restore.load_params(checkpoint, ('dsr',))
+  step = int(info['step'])
+  metrics = None
+  if os.path.isdir(os.path.join(info['dir'], 'metrics')):
+    try:
+      with ocp.CheckpointManager(os.path.dirname(info['dir']),
+                                 options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+        metrics = mngr.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())).metrics
+    except Exception:  # pylint: disable=broad-except
+      metrics = None  # metrics are informative only; the export stands without them
+  cfg = json.loads(config.to_json_best_effort())
+  cfg['export'] = {'source': info['dir'], 'step': step, 'use_denet': cfg['model'].get('use_denet'),
+                   'use_spnet': cfg['model'].get('use_spnet')}
+  cfg['model']['use_denet'] = False
+  cfg['model']['use_spnet'] = False
+  items = {'params': ocp.args.StandardSave({'dsr': params['dsr']}), 'config': ocp.args.JsonSave(cfg)}
+  if metrics is not None:
+    items['metrics'] = ocp.args.JsonSave(metrics)
+  # Written beside the target and swapped in at the end: a failure leaves any previous export intact.
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  try:
+    opts = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+    with ocp.CheckpointManager(tmp, options=opts) as mngr:
+      mngr.save(step, args=ocp.args.Composite(**items))
+      mngr.wait_until_finished()
+    if os.path.isdir(out):
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return os.path.join(out, str(step))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m dsr_jax.export', description=__doc__.splitlines()[0])
+  p.add_argument('--checkpoint', required=True,
+                 help='training workdir (its best checkpoint), its checkpoints/ directory, or one step directory')
+  p.add_argument('--output', required=True, help='directory to write (an Orbax checkpoint directory)')
+  p.add_argument('--overwrite', action='store_true', help='replace a non-empty --output')
+  args = p.parse_args(argv)
+  for name in ('absl', 'orbax'):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  try:
+    path = export(args.checkpoint, args.output, args.overwrite)
+  except UserError as e:
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    return 2
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+  print(f'exported DSRNet to {path} ({size / 1e6:.1f} MB)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
