@@ -34,18 +34,23 @@ def get_config(arg=None):
   # minute per validation here, and their MAD would mix 0-255 disparity with millimetres.
   c.data.val_name = 'middlebury_lu'
   c.model.scale = scale
-  # A third of the paper's width: 1.5 M DSRNet parameters at x4 (6 MB checkpoint), ~0.7 s a CT step here.
-  c.model.channels = 32
-  c.model.feat = 64
+  # A quarter of the paper's width: 0.36 M DSRNet parameters at x4; ~0.3 s a CT step on the 2-core machine.
+  c.model.channels = 16
+  c.model.feat = 32
   # Same HR pixels per batch at every scale; x8 gets larger crops so its LR input is not 8x8.
   c.data.crop, c.train.batch_size = {2: (64, 8), 4: (64, 8), 8: (96, 4), 16: (128, 2)}[scale]
-  c.train.num_steps = 1500
-  c.train.stage1_steps = 500
-  c.train.round_steps = 100
-  c.train.log_every = 50
-  c.train.image_every = 500
+  # Most crops of real depth are smooth, where bicubic is already right; re-drawing crops without a depth
+  # edge (data.min_edge) is what made 3000 CPU steps enough (BENCHMARKS.md, "CPU preset").
+  c.data.min_edge = 0.01
+  for net in ('dsr', 'denet', 'spnet'):
+    c.optim[net].lr = 1e-3
+  c.train.num_steps = 3000
+  c.train.stage1_steps = 1000
+  c.train.round_steps = 200
+  c.train.log_every = 100
+  c.train.image_every = 1000
   c.eval.every_steps = 500
-  c.ckpt.every_steps = 500
+  c.ckpt.every_steps = 1000
   c.data.workers = 0  # 2 cores: a worker process would take a core from the step.
   if variant == 'wo_ct':
     c.model.use_denet = False

@@ -29,6 +29,8 @@ def get_config(arg=None):
   d.val_name = ''  # Dataset(s) validated on during training ('' = data.name); picks the best checkpoint.
   d.min_valid = 0.5  # A training crop with fewer valid depth pixels than this fraction is re-drawn.
   d.crop_tries = 10  # Re-draws per example before the best crop found is kept.
+  d.min_edge = 0.0  # (choice) Re-draw crops with fewer depth-edge pixels than this fraction (0 = off).
+  d.edge_step = 0.01  # A depth-edge pixel: a jump above this (normalised depth) to its right/lower neighbour.
   # synthetic_rgbd only
   d.synthetic = ml_collections.ConfigDict()
   d.synthetic.num_train = 256  # Number of distinct procedural train scenes.

@@ -234,7 +234,8 @@ def train_dataset(config, source=None, *, process_index=None, process_count=None
   ds = EpochShuffle(ds, seed=_derived_seed(config.seed, 'shuffle')).repeat()
   # min_valid / crop_tries are optional config fields (defaults here) so older configs keep working.
   ds = ds.random_map(transforms.PairedRandomCrop(
-      d.crop, scale, min_valid=float(d.get('min_valid', 0.5)), max_tries=int(d.get('crop_tries', 10))))
+      d.crop, scale, min_valid=float(d.get('min_valid', 0.5)), max_tries=int(d.get('crop_tries', 10)),
+      min_edge=float(d.get('min_edge', 0.0)), edge_step=float(d.get('edge_step', 0.01))))
   if d.augment:
     ds = ds.random_map(transforms.PairedFlipRotate())
   ds = ds.map(transforms.Normalize())

@@ -56,24 +56,40 @@ def check_example(ex):
     raise DataError(f'example {name}: norm must be > 0, got {norm}')
 
 
+def _edge_fraction(depth: np.ndarray, ok: np.ndarray, step: float) -> float:
+  d = depth.astype(np.float32)
+  jump_y = (np.abs(d[1:] - d[:-1]) > step) & ok[1:] & ok[:-1]
+  jump_x = (np.abs(d[:, 1:] - d[:, :-1]) > step) & ok[:, 1:] & ok[:, :-1]
+  edge = np.zeros(d.shape, bool)
+  edge[:-1] |= jump_y
+  edge[:, :-1] |= jump_x
+  return float(edge.mean())
+
+
 @dataclasses.dataclass(frozen=True)
 class PairedRandomCrop(grain.transforms.RandomMap):
   """One random crop offset shared by depth, rgb and valid.
 
   The LR is made from the HR crop afterwards, so the offset need not be a multiple of the scale. A crop
-  whose valid fraction is below `min_valid` is re-drawn from the same per-element rng (deterministic) up
-  to `max_tries` times; the crop with the most valid pixels wins if none passes.
+  whose valid fraction is below `min_valid`, or (when `min_edge` > 0) whose fraction of depth-edge pixels
+  is below `min_edge`, is re-drawn from the same per-element rng (deterministic) up to `max_tries` times;
+  if none passes, the draw with the most valid pixels (then the most edges) wins.
 
   Attributes:
     size: crop side in HR pixels (data.crop).
     scale: model.scale; `size` must be a multiple of it so the LR crop has an integer size.
     min_valid: minimal fraction of valid pixels in an accepted crop.
     max_tries: crop draws before giving up and keeping the best.
+    min_edge: minimal fraction of edge pixels: valid pixels whose depth differs from a valid right or lower
+      neighbour by more than `edge_step` x the example's norm (0 = no edge criterion).
+    edge_step: the jump, in normalised depth, that makes an edge.
   """
   size: int
   scale: int = 1
   min_valid: float = 0.5
   max_tries: int = 10
+  min_edge: float = 0.0
+  edge_step: float = 0.01
 
   def __post_init__(self):
     if not isinstance(self.size, int) or self.size <= 0 or self.size % self.scale:
@@ -88,13 +104,16 @@ class PairedRandomCrop(grain.transforms.RandomMap):
     if h < c or w < c:
       raise DataError(f'example {example_name(ex)}: image {h}x{w} is smaller than data.crop={c}')
     ok = valid_mask(ex)
-    best, best_frac = None, -1.0
+    step = self.edge_step * float(ex['norm'])
+    best, best_score = None, None
     for _ in range(max(1, self.max_tries)):
       y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
       frac = float(ok[y:y + c, x:x + c].mean())
-      if frac > best_frac:
-        best, best_frac = (y, x), frac
-      if frac >= self.min_valid:
+      edges = _edge_fraction(depth[y:y + c, x:x + c], ok[y:y + c, x:x + c], step) if self.min_edge > 0 else 0.0
+      score = (frac >= self.min_valid, frac if frac < self.min_valid else edges, frac)
+      if best_score is None or score > best_score:
+        best, best_score = (y, x), score
+      if frac >= self.min_valid and edges >= self.min_edge:
         break
     y, x = best
     out = dict(ex)

@@ -316,6 +316,22 @@ def test_low_valid_crops_are_redrawn_deterministically():
   assert min(x['valid'].mean() for x in a) >= 0.5
 
 
+def test_min_edge_prefers_crops_with_depth_edges():
+  depth = np.full((16, 128), 0.2, np.float32)
+  depth[:, 120:] = 0.8  # one step edge at x = 120: only crops starting at x0 >= 105 contain it
+  src = ListSource([example(depth, 'one_edge')])
+  def edge_share(batches):
+    return np.mean([(np.abs(np.diff(x['hr_depth'][..., 0], axis=-1)) > 0.1).any(axis=(1, 2)).mean()
+                    for x in batches])
+  plain = take(pipeline.train_dataset(small_config(augment=False), src, process_index=0, process_count=1), 8)
+  c = small_config(augment=False, min_edge=0.01, crop_tries=100)
+  edgy = take(pipeline.train_dataset(c, src, process_index=0, process_count=1), 8)
+  again = take(pipeline.train_dataset(c, src, process_index=0, process_count=1), 8)
+  for x, y in zip(edgy, again):
+    assert_batches_equal(x, y)
+  assert edge_share(plain) < 0.4 and edge_share(edgy) > 0.9, (edge_share(plain), edge_share(edgy))
+
+
 def test_lr_on_device_and_noise():
   src = synthetic.SyntheticSource(4, 24, 24)
   host = take(pipeline.train_dataset(small_config(), src, process_index=0, process_count=1), 1)[0]
