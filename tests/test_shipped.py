@@ -1,0 +1,57 @@
+"""The DSRNet checkpoints shipped in checkpoints/: small, loadable, usable by predict, and they still score
+what their recorded evaluation (checkpoints/dsrnet_x<s>/eval_middlebury2005.json, written by eval mode when
+the checkpoint was exported) says on Middlebury 2005."""
+import json
+import pathlib
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import eval_middlebury2005
+from dsr_jax import evaluate
+from dsr_jax import predict
+from dsr_jax import restore
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / 'checkpoints').glob('dsrnet_x*'))
+MAX_BYTES = 25 * 1000 * 1000
+
+
+def test_a_checkpoint_per_claimed_scale():
+  assert {p.name for p in SHIPPED} >= {'dsrnet_x4', 'dsrnet_x8'}
+  assert (REPO / 'checkpoints' / 'README.md').is_file()
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=lambda p: p.name)
+def test_small_dsrnet_only_and_predicts(path, tmp_path):
+  size = sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
+  assert size <= MAX_BYTES, f'{path}: {size} bytes'
+  config, params, _ = restore.load_params(path, ('dsr', 'denet', 'spnet'))
+  scale = int(path.name.removeprefix('dsrnet_x'))
+  assert config.model.scale == scale and set(params) == {'dsr'}
+  lr = np.full((21, 34), 90, np.uint8)
+  lr[:, 17:] = 160  # one vertical depth edge
+  Image.fromarray(lr).save(tmp_path / 'lr.png')
+  assert predict.main(['--checkpoint', str(path), '--input', str(tmp_path / 'lr.png'),
+                       '--output', str(tmp_path / 'out')]) == 0
+  out = np.asarray(Image.open(tmp_path / 'out' / f'lr_x{scale}.png'))
+  assert out.shape == (21 * scale, 34 * scale) and out.dtype == np.uint8
+  # Flat regions stay flat: the network's residual is a correction near the edge, not noise everywhere.
+  assert np.abs(out[:, :4 * scale].astype(int) - 90).max() <= 1
+  assert np.abs(out[:, -4 * scale:].astype(int) - 160).max() <= 1
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=lambda p: p.name)
+def test_recorded_middlebury2005_scores_reproduce(path, shared_data_dir, tmp_path):
+  recorded = json.loads((path / 'eval_middlebury2005.json').read_text())
+  cfg = eval_middlebury2005.get_config()
+  cfg.data.dir = str(shared_data_dir)
+  cfg.eval.checkpoint_dir = str(path)
+  res = evaluate.run(cfg, str(tmp_path))
+  assert res['scale'] == recorded['scale'] and res['step'] == recorded['step']
+  for scene, want in recorded['per_scene'].items():
+    # Predictions are rounded to uint8 by the protocol; XLA builds may differ in the last float bits, which
+    # can flip a handful of roundings, nothing more.
+    assert res['per_scene'][scene]['mad'] == pytest.approx(want['mad'], abs=2e-3), scene
+    assert res['per_scene'][scene]['rmse'] == pytest.approx(want['rmse'], abs=1e-2), scene
