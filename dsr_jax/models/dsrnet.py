@@ -43,7 +43,7 @@ class DSRNet(nn.Module):
       h = layers.UpProjection(**kw, name=f'up_{n}')(layers.DownProjection(**kw, name=f'down_{n}')(h))
       feats.append(h)
     if self.impl == 'polyphase':
-      feats = [layers.depth_to_space(f, s) for f in feats]
+      feats = [layers.groups_to_hr(f, s) for f in feats]
     out = layers.Conv(1, 3, self.dtype, name='tail')(jnp.concatenate(feats, axis=-1))
     out = out.astype(jnp.float32)
     if self.residual:
