@@ -11,6 +11,9 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init, per-step randomness (fold_in(step)) and the grain pipeline.
   c.mode = 'train'  # 'train' or 'eval' (eval restores DSRNet from eval.checkpoint_dir).
+  # XLA:CPU convolution library for our compiled programs: 'eigen' (faster here, see BENCHMARKS.md) or
+  # 'ynnpack' (XLA's default). Ignored on GPU/TPU.
+  c.cpu_convolutions = 'eigen'
 
   # ---------------------------------------------------------------- data
   c.data = d = ml_collections.ConfigDict()

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dsr_jax import xla_options
+
 
 # The PyTorch peer, beside the checkout in the developers' layout; pass --peer for another location.
 PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -28,6 +30,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--de-blocks', type=int, default=2)
   p.add_argument('--bp-impl', default='polyphase', choices=['polyphase', 'reference'])
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--cpu-convs', default='eigen', choices=['eigen', 'ynnpack'],
+                 help='XLA:CPU convolution library (config field cpu_convolutions); ignored off CPU')
 
 
 def model_config(a) -> ml_collections.ConfigDict:
@@ -93,7 +97,8 @@ def cmd_dsrnet(a) -> dict:
   for impl in a.impls.split(','):
     m = DSRNet(scale=a.scale, channels=a.channels, feat=a.feat, stages=a.stages, impl=impl)
     params = m.init(key, lr, train=True)
-    fb = jax.jit(jax.value_and_grad(lambda p: jnp.abs(m.apply(p, lr) - hr).mean()))
+    fb = jax.jit(jax.value_and_grad(lambda p: jnp.abs(m.apply(p, lr) - hr).mean()),
+                 compiler_options=xla_options.compiler_options(a.cpu_convs))
     jax.block_until_ready(fb(params))  # compile + warm-up, excluded
     out['step_s'][impl] = _median_time(lambda: jax.block_until_ready(fb(params)), a.iters)
   if a.peer and importlib.util.find_spec('torch') is not None and os.path.exists(a.peer):
@@ -166,7 +171,8 @@ def _timed(compiled, args, iters):
 
 def _report(a, fn, args, donate=()):
   t = time.perf_counter()
-  lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+  lowered = jax.jit(fn, donate_argnums=donate,
+                    compiler_options=xla_options.compiler_options(a.cpu_convs)).lower(*args)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t
   try:
@@ -180,7 +186,7 @@ def _report(a, fn, args, donate=()):
   peak = PEAK_FLOPS.get((dev.device_kind, a.dtype))
   return {'impl': 'jax', 'device': f'{dev.platform}:{dev.device_kind}', 'dtype': a.dtype, 'batch': a.batch,
           'hr': a.hr, 'scale': a.scale, 'stages': a.stages, 'step_s': step_s, 'images_per_s': a.batch / step_s,
-          'compile_s': compile_s, 'flops': flops,
+          'compile_s': compile_s, 'flops': flops, 'cpu_convs': a.cpu_convs if dev.platform == 'cpu' else None,
           'mfu': (flops / step_s / peak) if (flops and peak) else None, 'jax': jax.__version__}
 
 
@@ -231,7 +237,8 @@ def cmd_compare(a) -> dict:
             '--de-blocks', a.de_blocks, '--affinity-pool', a.affinity_pool, '--batch', a.batch, '--hr', a.hr,
             '--iters', a.iters]
   shared = [str(x) for x in shared]
-  ours_cmd = [sys.executable, '-m', 'dsr_jax.bench', a.mode, *shared, '--dtype', a.dtype, '--bp-impl', a.bp_impl]
+  ours_cmd = [sys.executable, '-m', 'dsr_jax.bench', a.mode, *shared, '--dtype', a.dtype, '--bp-impl', a.bp_impl,
+              '--cpu-convs', a.cpu_convs]
   if a.mode == 'train':
     ours_cmd += ['--phase', 'dsr_student']
   peer_cmd = [sys.executable, a.peer, '--mode', a.mode, *shared] + (['--compile'] if a.peer_compile else [])

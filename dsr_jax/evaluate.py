@@ -68,6 +68,7 @@ from scipy import ndimage
 
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
+from dsr_jax import xla_options
 
 BUCKET = 32
 MODELS = ('dsrnet', 'bicubic')
@@ -115,7 +116,7 @@ def _apply_fn(module) -> Callable:
     def apply(params, x):
       TRACES[name] += 1
       return module.apply({'params': params}, x)
-    fn = _JITTED[module] = jax.jit(apply)
+    fn = _JITTED[module] = jax.jit(apply, compiler_options=xla_options.compiler_options())
   return fn
 
 
@@ -535,8 +536,8 @@ def run(config, workdir: str) -> dict:
     def predict(lr):
       return super_resolve(models.dsr, params['dsr'], lr, tile=tile, overlap=overlap, ensemble=ensemble)
     if 'denet' in params and models.denet is not None:
-      def estimate(rgb):  # pylint: disable=function-redefined
-        return estimate_depth(models.denet, params['denet'], rgb, tile=tile)
+      denet, denet_params = models.denet, params['denet']
+      estimate = lambda rgb: estimate_depth(denet, denet_params, rgb, tile=tile)
   result = evaluate_dataset(config, dataset, scale, predict, estimate)
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
             'checkpoint': info.get('dir', ''), 'step': info.get('step'),

@@ -33,6 +33,8 @@ def run(config, workdir: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
+    from dsr_jax import xla_options  # pylint: disable=g-import-not-at-top
+    xla_options.set_cpu_convolutions(config.get('cpu_convolutions', 'eigen'))
     if config.train.distributed:
       jax.distributed.initialize()
     if config.mode == 'train':

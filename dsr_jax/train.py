@@ -23,6 +23,7 @@ from dsr_jax import roles
 from dsr_jax import sharding
 from dsr_jax import state as state_lib
 from dsr_jax import steps
+from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
 
@@ -158,7 +159,6 @@ def validation_mad(config, models, params, mesh=None, dataset=None):
   """
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   del mesh
   s = config.model.scale
   dsr_params = jax.device_get(params['dsr'])
@@ -229,7 +229,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       fn = functools.partial(steps.train_step, models=models, tx=tx, phase=phase, loss_cfg=config.loss,
                              scale=scale, lr_method=lr_method)
       jitted[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=(repl, repl),
-                                   donate_argnums=0)
+                                   donate_argnums=0, compiler_options=xla_options.compiler_options())
     return jitted[phase.name]
 
   new_round = jax.jit(steps.start_round, out_shardings=repl, donate_argnums=0)

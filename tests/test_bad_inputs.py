@@ -193,6 +193,10 @@ def _main_config_typo(root, _):
   return _train('--config.train.num_step=3')(root), ['train.num_step']
 
 
+def _main_cpu_convolutions(root, _):
+  return _train('--config.cpu_convolutions=mkl')(root), ['cpu_convolutions', "'mkl'"]
+
+
 def _main_unknown_dataset(root, _):
   return _train('--config.data.name=nyu')(root), ["'nyu'", 'data.name']
 
@@ -303,6 +307,7 @@ CASES = [
     Case('main-empty-validation-split', 'main', _main_empty_validation_split),
     Case('main-config-typo', 'main', _main_config_typo),
     Case('main-unknown-dataset', 'main', _main_unknown_dataset),
+    Case('main-cpu-convolutions', 'main', _main_cpu_convolutions),
     Case('predict-corrupt-png', 'predict', _predict_corrupt_png),
     Case('predict-truncated-npy', 'predict', _predict_truncated_npy),
     Case('predict-all-nan', 'predict', _predict_all_nan),

@@ -203,3 +203,17 @@ def test_peer_file_counts_if_available():
   out = subprocess.run([sys.executable, str(peer), *args, '--mode', 'infer', '--hr', '16', '--iters', '1'],
                        capture_output=True, text=True, check=True).stdout
   assert json.loads(out.strip().splitlines()[-1])['params'] == expected_counts(8, 8, 16, 3, 2)
+
+
+@pytest.mark.parametrize('features', [1, 6])  # the tap form (few outputs) and the conv form
+def test_conv_of_a_list_is_the_conv_of_its_concatenation(features):
+  k = jax.random.split(jax.random.key(3), 3)
+  a, b = jax.random.normal(k[0], (2, 9, 7, 3)), jax.random.normal(k[1], (2, 9, 7, 5))
+  conv = layers.Conv(features, 3)
+  params = conv.init(k[2], jnp.concatenate([a, b], -1))
+  assert params['params']['kernel'].shape == (3, 3, 8, features)
+  whole = lambda p, a, b: jnp.sum(jnp.sin(conv.apply(p, jnp.concatenate([a, b], -1))))
+  split = lambda p, a, b: jnp.sum(jnp.sin(conv.apply(p, [a, b])))
+  for x, y in zip(jax.tree.leaves(jax.value_and_grad(whole, argnums=(0, 1, 2))(params, a, b)),
+                  jax.tree.leaves(jax.value_and_grad(split, argnums=(0, 1, 2))(params, a, b))):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)

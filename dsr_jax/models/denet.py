@@ -38,7 +38,7 @@ class DENet(nn.Module):
       for r in range(self.blocks):
         x = ResBlock(self.channels, self.dtype, name=f'stage_{n}_block_{r}')(x)
       feats.append(x)
-    out = layers.Conv(1, 3, self.dtype, name='tail')(jnp.concatenate(feats, axis=-1)).astype(jnp.float32)
+    out = layers.Conv(1, 3, self.dtype, name='tail')(feats).astype(jnp.float32)  # concatenated feats
     if not train:
       return out
     sides = [layers.SideHead(self.channels, self.dtype, name=f'side_{n}')(f).astype(jnp.float32)

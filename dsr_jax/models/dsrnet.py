@@ -44,7 +44,7 @@ class DSRNet(nn.Module):
       feats.append(h)
     if self.impl == 'polyphase':
       feats = [layers.groups_to_hr(f, s) for f in feats]
-    out = layers.Conv(1, 3, self.dtype, name='tail')(jnp.concatenate(feats, axis=-1))
+    out = layers.Conv(1, 3, self.dtype, name='tail')(feats)  # = conv of the concatenated feats
     out = out.astype(jnp.float32)
     if self.residual:
       out = out + bicubic_upsample(lr.astype(jnp.float32), s)

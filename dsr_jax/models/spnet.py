@@ -22,7 +22,7 @@ class SPNet(nn.Module):
     c = self.channels
     u_sr = jax.nn.sigmoid(layers.Conv(c, 1, self.dtype, name='u_sr')(d_sr - d_hr))
     u_de = jax.nn.sigmoid(layers.Conv(c, 1, self.dtype, name='u_de')(d_de - d_hr))
-    x = jnp.concatenate([f_sr.astype(self.dtype) * (1 + u_sr), f_de.astype(self.dtype) * (1 + u_de)], -1)
+    x = [f_sr.astype(self.dtype) * (1 + u_sr), f_de.astype(self.dtype) * (1 + u_de)]  # concatenated
     for i in range(4):
       x = layers.PReLU(name=f'act_{i}')(layers.Conv(c, 3, self.dtype, name=f'conv_{i}')(x))
     return layers.Conv(1, 3, self.dtype, name='conv_4')(x).astype(jnp.float32)
