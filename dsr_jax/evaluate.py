@@ -69,10 +69,11 @@ from scipy import ndimage
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
 from dsr_jax import xla_options
+from input_pipeline import degradation
 
 BUCKET = 32
 MODELS = ('dsrnet', 'bicubic')
-PAPER_SCALES = (2, 4, 8, 16)
+PAPER_SCALES = degradation.SCALES
 SCENES_2005 = ('art', 'books', 'dolls', 'laundry', 'moebius', 'reindeer')
 # Sun et al. CVPR 2021, Table 1 (Middlebury 2005, MAD on 0-255): per scene, x2 / x4 / x8 / x16.
 PAPER_TABLE1_MAD = {
@@ -499,7 +500,6 @@ def run(config, workdir: str) -> dict:
   """
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   dataset = str(config.eval.get('dataset', '') or config.data.name)
   if dataset not in PROTOCOLS:
     field = 'eval.dataset' if config.eval.get('dataset', '') else 'data.name'

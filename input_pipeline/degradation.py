@@ -41,6 +41,8 @@ import numpy as np
 from dsr_jax.errors import ConfigError
 
 METHODS = ('bicubic', 'nearest', 'box')
+# The upsampling factors of the paper's protocols; the one definition (models, pipeline and evaluation use it).
+SCALES = (2, 4, 8, 16)
 
 
 def _cubic(x):

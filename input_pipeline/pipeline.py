@@ -31,7 +31,7 @@ from dsr_jax.errors import ConfigError, DataError
 from input_pipeline import degradation
 from input_pipeline import transforms
 
-SCALES = (2, 4, 8, 16)
+SCALES = degradation.SCALES
 TRAIN_KEYS = ('hr_depth', 'lr_depth', 'rgb', 'valid')
 
 

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from dsr_jax.errors import ConfigError
+from input_pipeline import degradation
 
-SCALES = (2, 4, 8, 16)
+SCALES = degradation.SCALES
 BP_IMPLS = ('polyphase', 'reference')
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
