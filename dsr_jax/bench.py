@@ -130,6 +130,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--affinity-pool', type=int, default=32)
   p.add_argument('--batch', type=int, default=4)
   p.add_argument('--hr', type=int, default=128)
+  p.add_argument('--hr-hw', default='', metavar='HxW',
+                 help='non-square HR size for infer, e.g. 1080x1320 (overrides --hr; both divisible by --scale)')
   p.add_argument('--iters', type=int, default=5)
   p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student'])
 
@@ -146,13 +148,28 @@ def _bench_config(a):
   return c
 
 
+def _hr_hw(a) -> tuple[int, int]:
+  from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  if not getattr(a, 'hr_hw', ''):
+    h = w = a.hr
+  else:
+    try:
+      h, w = (int(v) for v in a.hr_hw.lower().split('x'))
+    except ValueError:
+      raise UserError(f'--hr-hw {a.hr_hw!r}: expected HxW, e.g. 1080x1320') from None
+  if min(h, w) < a.scale or h % a.scale or w % a.scale:
+    raise UserError(f'--hr-hw/--hr {h}x{w}: expected both sides positive multiples of --scale {a.scale}')
+  return h, w
+
+
 def _inputs(a, with_rgb=True):
   k = jax.random.split(jax.random.key(0), 3)
-  hr = jax.random.uniform(k[0], (a.batch, a.hr, a.hr, 1))
-  b = {'hr_depth': hr, 'lr_depth': jax.random.uniform(k[1], (a.batch, a.hr // a.scale, a.hr // a.scale, 1)),
+  h, w = _hr_hw(a)
+  hr = jax.random.uniform(k[0], (a.batch, h, w, 1))
+  b = {'hr_depth': hr, 'lr_depth': jax.random.uniform(k[1], (a.batch, h // a.scale, w // a.scale, 1)),
        'valid': jnp.ones_like(hr)}
   if with_rgb:
-    b['rgb'] = jax.random.uniform(k[2], (a.batch, a.hr, a.hr, 3))
+    b['rgb'] = jax.random.uniform(k[2], (a.batch, h, w, 3))
   return b
 
 
@@ -185,7 +202,7 @@ def _report(a, fn, args, donate=()):
   dev = jax.devices()[0]
   peak = PEAK_FLOPS.get((dev.device_kind, a.dtype))
   return {'impl': 'jax', 'device': f'{dev.platform}:{dev.device_kind}', 'dtype': a.dtype, 'batch': a.batch,
-          'hr': a.hr, 'scale': a.scale, 'stages': a.stages, 'step_s': step_s, 'images_per_s': a.batch / step_s,
+          'hr': a.hr, 'hr_hw': list(_hr_hw(a)), 'scale': a.scale, 'stages': a.stages, 'step_s': step_s, 'images_per_s': a.batch / step_s,
           'compile_s': compile_s, 'flops': flops, 'cpu_convs': a.cpu_convs if dev.platform == 'cpu' else None,
           'mfu': (flops / step_s / peak) if (flops and peak) else None, 'jax': jax.__version__}
 
@@ -217,6 +234,52 @@ def cmd_infer(a) -> dict:
   out = _report(a, fn, (params, lr))
   out.update(mode='infer')
   return out
+
+
+def cmd_bf16(a) -> dict:
+  """The same training run in float32 and in bfloat16 compute (float32 params and optimizer), from the same
+  initial state on the same batches (the embedded synthetic data): do the loss curves track?"""
+  import functools  # pylint: disable=g-import-not-at-top
+  import itertools  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import optim, roles, state as state_lib, steps  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  c = _bench_config(a)
+  c.data.name = 'synthetic_rgbd'
+  c.data.synthetic.size = (max(a.hr, 32),) * 2
+  for net in ('dsr', 'denet', 'spnet'):
+    c.optim[net].lr = a.lr
+  batches = [jax.device_put(b) for b in itertools.islice(iter(pipeline.train_dataset(c)), a.steps)]
+  curves, wall = {}, {}
+  for dtype in ('float32', 'bfloat16'):
+    c.model.dtype = dtype
+    models = models_lib.build(c.model)
+    tx = optim.make(c)
+    st = jax.jit(functools.partial(state_lib.create, models, tx, scale=a.scale))(jax.random.key(0))
+    step = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=roles.PHASES[a.phase],
+                                     loss_cfg=c.loss, scale=a.scale),
+                   donate_argnums=0, compiler_options=xla_options.compiler_options(a.cpu_convs))
+    t = time.perf_counter()
+    totals = []
+    for b in batches:
+      st, terms = step(st, b)
+      totals.append(terms['total'])
+    curves[dtype] = np.asarray(jax.device_get(jnp.stack(totals)), np.float64)
+    wall[dtype] = time.perf_counter() - t
+  win = max(a.steps // 20, 1)
+  smooth = {k: np.convolve(v, np.ones(win) / win, mode='valid') for k, v in curves.items()}
+  rel = np.abs(smooth['bfloat16'] - smooth['float32']) / np.maximum(np.abs(smooth['float32']), 1e-12)
+  every = max(a.steps // 50, 1)
+  dev = jax.devices()[0]
+  return {'mode': 'bf16', 'device': f'{dev.platform}:{dev.device_kind}', 'phase': a.phase, 'steps': a.steps,
+          'batch': a.batch, 'hr': a.hr, 'scale': a.scale, 'lr': a.lr, 'smoothing_window': win,
+          'max_rel_dev': float(rel.max()), 'final_rel_dev': float(rel[-1]),
+          'tracks': bool(rel.max() <= a.tolerance), 'tolerance': a.tolerance,
+          'first_loss': {k: float(v[0]) for k, v in curves.items()},
+          'final_loss_smoothed': {k: float(v[-1]) for k, v in smooth.items()},
+          'wall_s_with_compile': wall, 'curve_every': every,
+          'curves': {k: [round(float(x), 6) for x in v[::every]] for k, v in curves.items()}}
 
 
 def _run_json(cmd):
@@ -273,6 +336,14 @@ def main(argv=None) -> int:
     add_model_args(p)
     add_run_args(p)
     p.set_defaults(fn=fn)
+  p = sub.add_parser('bf16', help='loss curves of the same run in float32 and bfloat16 compute')
+  add_model_args(p)
+  add_run_args(p)
+  p.add_argument('--steps', type=int, default=500)
+  p.add_argument('--lr', type=float, default=1e-4)
+  p.add_argument('--tolerance', type=float, default=0.05,
+                 help="largest relative gap of the smoothed curves still called 'tracks'")
+  p.set_defaults(fn=cmd_bf16, phase='stage1')
   p = sub.add_parser('compare', help='ours vs the PyTorch peer, alternately, same shapes')
   p.add_argument('mode', choices=['train', 'infer'])
   add_model_args(p)

@@ -1,0 +1,66 @@
+"""`python -m dsr_jax.bench ...` on tiny shapes: the JSON it prints and its one-line errors."""
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from dsr_jax import bench
+
+TINY = ['--scale', '2', '--stages', '2', '--channels', '4', '--feat', '8', '--de-blocks', '1',
+        '--affinity-pool', '4', '--batch', '2', '--hr', '16', '--iters', '2']
+
+
+def _run(capsys, argv):
+  status = bench.main(argv)
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+def test_train_step_json(capsys):
+  status, out, _ = _run(capsys, ['train', *TINY])
+  assert status == 0
+  r = json.loads(out)
+  assert r['mode'] == 'train' and r['phase'] == 'dsr_student' and r['device'].startswith('cpu')
+  assert r['step_s'] > 0 and r['images_per_s'] == pytest.approx(2 / r['step_s'])
+  assert r['flops'] > 0 and r['compile_s'] > 0 and r['cpu_convs'] == 'eigen'
+  assert r['mfu'] is None  # no known peak on CPU
+  assert set(r['params']) == {'dsr', 'denet', 'spnet'}
+
+
+def test_infer_non_square(capsys):
+  status, out, _ = _run(capsys, ['infer', *TINY, '--hr-hw', '16x24', '--cpu-convs', 'ynnpack'])
+  assert status == 0
+  r = json.loads(out)
+  assert r['hr_hw'] == [16, 24] and r['cpu_convs'] == 'ynnpack' and r['step_s'] > 0
+
+
+@pytest.mark.parametrize('value', ['16x25', '16by24'])
+def test_bad_hr_hw_is_one_line(capsys, value):
+  status, out, err = _run(capsys, ['infer', *TINY, '--hr-hw', value])
+  assert status == 2 and not out
+  assert err.count('\n') == 1 and '--hr-hw' in err and value in err
+
+
+def test_bf16_tracks_float32_on_a_short_run(capsys):
+  status, out, _ = _run(capsys, ['bf16', *TINY, '--steps', '5'])
+  assert status == 0
+  r = json.loads(out)
+  assert r['phase'] == 'stage1'
+  f32, b16 = np.array(r['curves']['float32']), np.array(r['curves']['bfloat16'])
+  assert f32.shape == b16.shape == (5,) and np.all(np.isfinite(f32)) and np.all(np.isfinite(b16))
+  assert not np.array_equal(f32, b16)  # the bf16 path really computes in bf16
+  assert r['max_rel_dev'] < 0.05 and r['tracks']
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None or not pathlib.Path(bench.PEER).exists(),
+                    reason='torch or ../shared/peers/torch_ctkt.py not available')
+def test_compare_against_the_peer(capsys):
+  # 'train' only: 'infer' goes through the same code with a different mode string (and costs ~15 s more).
+  status, out, _ = _run(capsys, ['compare', 'train', *TINY, '--rounds', '1'])
+  assert status == 0
+  r = json.loads(out)
+  assert r['ours']['impl'] == 'jax' and r['peer']['impl'] == 'torch'
+  assert r['peer']['batch'] == r['ours']['batch'] == 2 and r['peer']['hr'] == r['ours']['hr'] == 16
+  assert r['ratio'] == pytest.approx(r['ours_images_per_s'] / r['peer_images_per_s'])
