@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m dsr_jax.bench {params,pipeline} ...`; each prints one JSON line.
+"""Benchmarks: `python -m dsr_jax.bench {params,dsrnet,train,infer,bf16,compare,pipeline} ...`; one JSON line each.
 
 Flags follow ../shared/peers/torch_ctkt.py so the same command line can be given to both.
 """
@@ -316,7 +316,7 @@ def cmd_compare(a) -> dict:
           'all_images_per_s': {k: [r['images_per_s'] for r in v] for k, v in runs.items()}}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m dsr_jax.bench', description=__doc__)
   sub = parser.add_subparsers(dest='cmd', required=True)
   p = sub.add_parser('params', help='parameter counts per network')
@@ -359,7 +359,11 @@ def main(argv=None) -> int:
     p.set_defaults(fn=bench_pipeline.run)
   except ImportError:
     pass
-  a = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None) -> int:
+  a = build_parser().parse_args(argv)
   from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     result = a.fn(a)

@@ -64,3 +64,23 @@ def test_compare_against_the_peer(capsys):
   assert r['ours']['impl'] == 'jax' and r['peer']['impl'] == 'torch'
   assert r['peer']['batch'] == r['ours']['batch'] == 2 and r['peer']['hr'] == r['ours']['hr'] == 16
   assert r['ratio'] == pytest.approx(r['ours_images_per_s'] / r['peer_images_per_s'])
+
+
+def test_suite_smoke(tmp_path, capsys):
+  from dsr_jax import bench_suite
+  status = bench_suite.main(['--out', str(tmp_path), '--tiny', '--only', 'infer_x8_1080x1320'])
+  out = capsys.readouterr().out
+  assert status == 0, out
+  r = json.loads((tmp_path / 'suite.json').read_text())
+  assert r['ceilings']['matmul_float32_tflops'] > 0 and r['ceilings']['copy_gb_per_s'] > 0
+  row = r['rows']['infer_x8_1080x1320']
+  assert row['hr_hw'] == [16, 24] and row['scale'] == 2 and row['step_s'] > 0
+  assert 'infer_x8_1080x1320' in out and 'ms/step' in out
+
+
+def test_suite_rows_parse():
+  """Every row's arguments are accepted by the bench parser (full size and tiny)."""
+  from dsr_jax import bench_suite
+  for _, args in bench_suite.ROWS:
+    for argv in (args, bench_suite.tiny(args)):
+      bench.build_parser().parse_args(argv)  # exits (fails the test) on an unknown flag or bad value
