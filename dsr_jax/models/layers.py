@@ -10,11 +10,12 @@ Two implementations compute the same function with the same k x k parameters:
   convolution as a dense conv over an s^2-times larger, mostly-zero input, and the gradient of the strided
   conv w.r.t. its input is again a dilated conv, so training is several times slower than PyTorch.
 * 'polyphase' (default): output pixel o = s*q + r of the transposed conv only sees the LR pixels
-  q-1, q, q+1, through kernel taps t = r + 2 + s*(1 - j), j = 0..2. So the whole transposed conv is ONE
-  dense 3x3 conv of the LR map to s*s*C channels (the phases), whose 3x3 kernel is the k x k kernel
-  zero-padded to 3s taps and reshaped; depth-to-space turns phases into pixels. The strided conv is the
-  adjoint: space-to-depth, then a dense 3x3 conv. Both directions and both their gradients are plain
-  3x3 convolutions at LR resolution.
+  q-1, q, q+1, through kernel taps t = r + 2 + s*(1 - j), j = 0..2. So the transposed conv is a dense
+  conv of the LR map to s*s*C channels (the phases); depth-to-space turns phases into pixels. Not every
+  phase reads all three neighbours (the k = s + 4 taps cover only some), so phases that read the same
+  neighbours form a group, and each group is one small dense conv (2x2, 2x1, 1x2 or 1x1 windows at LR):
+  no zero tap is multiplied. The strided conv is the adjoint, a sum of the same small convs over the
+  groups. Both directions and their gradients are plain convolutions at LR resolution.
 
 In the polyphase form the DBPN body keeps HR feature maps as "phase groups": one LR-sized array per
 (row group, column group) of phases (`phase_groups`), channel order (ry, rx, c) inside a group. An Up/Down
@@ -66,28 +67,6 @@ def space_to_depth(x, s: int):
   b, hh, ww, c = x.shape
   x = x.reshape(b, hh // s, s, ww // s, s, c)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh // s, ww // s, s * s * c)
-
-
-def _taps_to_3s(kernel, s: int):
-  """Pads the k = s+4 taps of both spatial axes to 3s: tap t lands at index t + s - 2."""
-  return jnp.pad(kernel, ((s - 2, s - 2), (s - 2, s - 2), (0, 0), (0, 0)))  # (3s, 3s, cin, cout)
-
-
-def polyphase_deconv_kernel(kernel, s: int):
-  """k x k transposed-conv kernel -> 3x3 kernel producing the s*s phases: (3, 3, cin, s*s*cout)."""
-  cin, cout = kernel.shape[2:]
-  kp = _taps_to_3s(kernel, s).reshape(3, s, 3, s, cin, cout)
-  # Phase r of LR neighbour j uses tap t = r + 2 + s*(1 - j), i.e. padded block 2 - j.
-  kp = kp[::-1, :, ::-1]  # (jy, ry, jx, rx, cin, cout)
-  return kp.transpose(0, 2, 4, 1, 3, 5).reshape(3, 3, cin, s * s * cout)
-
-
-def polyphase_conv_kernel(kernel, s: int):
-  """k x k stride-s conv kernel -> 3x3 kernel over space-to-depth input: (3, 3, s*s*cin, cout)."""
-  cin, cout = kernel.shape[2:]
-  kp = _taps_to_3s(kernel, s).reshape(3, s, 3, s, cin, cout)
-  # LR neighbour j, phase r reads tap t = s*(j - 1) + r + 2, i.e. padded block j.
-  return kp.transpose(0, 2, 1, 3, 4, 5).reshape(3, 3, s * s * cin, cout)
 
 
 def deconv_reference(x, kernel, s: int):
