@@ -134,6 +134,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                  help='non-square HR size for infer, e.g. 1080x1320 (overrides --hr; both divisible by --scale)')
   p.add_argument('--iters', type=int, default=5)
   p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student'])
+  p.add_argument('--profile', default='', metavar='DIR',
+                 help='after timing, trace 2 more calls with jax.profiler into DIR and add the top ops')
 
 
 def _bench_config(a):
@@ -174,7 +176,8 @@ def _inputs(a, with_rgb=True):
 
 
 def _timed(compiled, args, iters):
-  """Median seconds per call after one warm-up call; a returned state replaces the donated argument 0."""
+  """(median seconds per call after one warm-up call, the args to call with next): a returned state
+  replaces the donated argument 0."""
   times = []
   for i in range(iters + 1):
     t = time.perf_counter()
@@ -183,7 +186,31 @@ def _timed(compiled, args, iters):
       times.append(time.perf_counter() - t)
     if isinstance(out, tuple):
       args = (out[0],) + tuple(args[1:])
-  return statistics.median(times)
+  return statistics.median(times), args
+
+
+def top_ops(trace_dir: str, calls: int, k: int = 15) -> list[dict]:
+  """The k XLA ops with the most time in the newest trace under trace_dir, in ms per call.
+
+  Times are summed over threads (ops on different threads overlap), so they rank ops; they do not add
+  up to the wall time.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  files = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)
+  if not files:
+    return []
+  with gzip.open(max(files, key=os.path.getmtime)) as f:
+    events = json.load(f).get('traceEvents', [])
+  total = collections.Counter()
+  for e in events:
+    name = e.get('name', '')
+    # Host-side frames ('$file.py:line ...') and runtime bookkeeping are not XLA ops.
+    if e.get('ph') == 'X' and 'dur' in e and not name.startswith('$') and 'Thunk' not in name \
+        and not name.startswith(('PjitFunction', 'end:', 'CommonPjRt', 'SlinkyThreadPool', 'ParseArguments')):
+      total[name] += e['dur']
+  return [{'op': n, 'ms_per_call': round(t / calls / 1e3, 2)} for n, t in total.most_common(k)]
 
 
 def _report(a, fn, args, donate=()):
@@ -198,13 +225,22 @@ def _report(a, fn, args, donate=()):
     flops = float(cost.get('flops', 0.0)) if cost else None
   except Exception:  # pylint: disable=broad-except
     flops = None
-  step_s = _timed(compiled, args, a.iters)
+  step_s, args = _timed(compiled, args, a.iters)
+  profile = None
+  if getattr(a, 'profile', ''):
+    with jax.profiler.trace(a.profile):
+      for _ in range(2):
+        out = jax.block_until_ready(compiled(*args))
+        if isinstance(out, tuple):
+          args = (out[0],) + tuple(args[1:])
+    profile = top_ops(a.profile, 2)
   dev = jax.devices()[0]
   peak = PEAK_FLOPS.get((dev.device_kind, a.dtype))
   return {'impl': 'jax', 'device': f'{dev.platform}:{dev.device_kind}', 'dtype': a.dtype, 'batch': a.batch,
           'hr': a.hr, 'hr_hw': list(_hr_hw(a)), 'scale': a.scale, 'stages': a.stages, 'step_s': step_s, 'images_per_s': a.batch / step_s,
           'compile_s': compile_s, 'flops': flops, 'cpu_convs': a.cpu_convs if dev.platform == 'cpu' else None,
-          'mfu': (flops / step_s / peak) if (flops and peak) else None, 'jax': jax.__version__}
+          'mfu': (flops / step_s / peak) if (flops and peak) else None, 'jax': jax.__version__,
+          **({'profile_dir': a.profile, 'top_ops': profile} if profile is not None else {})}
 
 
 def cmd_train(a) -> dict:

@@ -18,8 +18,8 @@ def _run(capsys, argv):
   return status, out, err
 
 
-def test_train_step_json(capsys):
-  status, out, _ = _run(capsys, ['train', *TINY])
+def test_train_step_json(capsys, tmp_path):
+  status, out, _ = _run(capsys, ['train', *TINY, '--profile', str(tmp_path / 'trace')])
   assert status == 0
   r = json.loads(out)
   assert r['mode'] == 'train' and r['phase'] == 'dsr_student' and r['device'].startswith('cpu')
@@ -27,6 +27,9 @@ def test_train_step_json(capsys):
   assert r['flops'] > 0 and r['compile_s'] > 0 and r['cpu_convs'] == 'eigen'
   assert r['mfu'] is None  # no known peak on CPU
   assert set(r['params']) == {'dsr', 'denet', 'spnet'}
+  assert list((tmp_path / 'trace').rglob('*.trace.json.gz'))
+  assert 5 <= len(r['top_ops']) <= 15 and all(o['ms_per_call'] >= 0 for o in r['top_ops'])
+  assert not any(o['op'].startswith('$') for o in r['top_ops'])  # XLA ops, not Python frames
 
 
 def test_infer_non_square(capsys):
