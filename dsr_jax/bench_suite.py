@@ -45,7 +45,11 @@ def tiny(args: list[str]) -> list[str]:
 
 
 def ceilings(tiny_run: bool) -> dict:
-  """Best-of-5 large matmul (float32, bfloat16) and device-to-device copy on the default device."""
+  """Best-of-5 large matmul (float32, bfloat16) and device-to-device copy on the default device.
+
+  The float32 matmul runs at JAX's default precision, as the train step does: on recent NVIDIA GPUs that
+  may use TF32 tensor cores, so it is the ceiling for our float32 step, not for IEEE float32 arithmetic.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   n = 256 if tiny_run else 8192
