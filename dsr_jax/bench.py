@@ -189,6 +189,9 @@ def _timed(compiled, args, iters):
   return statistics.median(times), args
 
 
+_NOT_OPS = ('PjitFunction', 'end:', 'CommonPjRt', 'SlinkyThreadPool', 'ParseArguments')
+
+
 def top_ops(trace_dir: str, calls: int, k: int = 15) -> list[dict]:
   """The k XLA ops with the most time in the newest trace under trace_dir, in ms per call.
 
@@ -208,7 +211,7 @@ def top_ops(trace_dir: str, calls: int, k: int = 15) -> list[dict]:
     name = e.get('name', '')
     # Host-side frames ('$file.py:line ...') and runtime bookkeeping are not XLA ops.
     if e.get('ph') == 'X' and 'dur' in e and not name.startswith('$') and 'Thunk' not in name \
-        and not name.startswith(('PjitFunction', 'end:', 'CommonPjRt', 'SlinkyThreadPool', 'ParseArguments')):
+        and not name.startswith(_NOT_OPS):
       total[name] += e['dur']
   return [{'op': n, 'ms_per_call': round(t / calls / 1e3, 2)} for n, t in total.most_common(k)]
 
@@ -229,15 +232,13 @@ def _report(a, fn, args, donate=()):
   profile = None
   if getattr(a, 'profile', ''):
     with jax.profiler.trace(a.profile):
-      for _ in range(2):
-        out = jax.block_until_ready(compiled(*args))
-        if isinstance(out, tuple):
-          args = (out[0],) + tuple(args[1:])
+      _, args = _timed(compiled, args, 1)  # two calls
     profile = top_ops(a.profile, 2)
   dev = jax.devices()[0]
   peak = PEAK_FLOPS.get((dev.device_kind, a.dtype))
   return {'impl': 'jax', 'device': f'{dev.platform}:{dev.device_kind}', 'dtype': a.dtype, 'batch': a.batch,
-          'hr': a.hr, 'hr_hw': list(_hr_hw(a)), 'scale': a.scale, 'stages': a.stages, 'step_s': step_s, 'images_per_s': a.batch / step_s,
+          'hr': a.hr, 'hr_hw': list(_hr_hw(a)), 'scale': a.scale, 'stages': a.stages, 'step_s': step_s,
+          'images_per_s': a.batch / step_s,
           'compile_s': compile_s, 'flops': flops, 'cpu_convs': a.cpu_convs if dev.platform == 'cpu' else None,
           'mfu': (flops / step_s / peak) if (flops and peak) else None, 'jax': jax.__version__,
           **({'profile_dir': a.profile, 'top_ops': profile} if profile is not None else {})}

@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     if 'error' in r:
       print(f'{name:24s} ERROR {r["error"]}')
     elif 'ratio' in r:
-      print(f"{name:24s} ours/peer {r['ratio']:.3f}  ({r['ours_images_per_s']:.3g} vs {r['peer_images_per_s']:.3g} img/s)")
+      print(f"{name:24s} ours/peer {r['ratio']:.3f}  "
+            f"({r['ours_images_per_s']:.3g} vs {r['peer_images_per_s']:.3g} img/s)")
     elif r.get('mode') == 'bf16':
       print(f"{name:24s} max rel dev {r['max_rel_dev']:.4f}  tracks={r['tracks']}")
     else:
