@@ -30,7 +30,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--de-blocks', type=int, default=2)
   p.add_argument('--bp-impl', default='polyphase', choices=['polyphase', 'reference'])
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  p.add_argument('--cpu-convs', default='eigen', choices=['eigen', 'ynnpack'],
+  p.add_argument('--cpu-convs', default='eigen', choices=xla_options.CPU_CONVOLUTIONS,
                  help='XLA:CPU convolution library (config field cpu_convolutions); ignored off CPU')
 
 

@@ -100,10 +100,10 @@ def test_polyphase_equals_reference_forward_and_grad(scale):
   w2 = jax.random.normal(kw2, (k, k, 3, 4)) / k
 
   def fast_up(x, w):
-    return layers.depth_to_space(layers.deconv_polyphase(x, w, scale), scale)
+    return layers.groups_to_hr(layers.deconv_groups(x, w, scale), scale)
 
   def fast_down(big_x, w):
-    return layers.conv_s_polyphase(layers.space_to_depth(big_x, scale), w, scale)
+    return layers.conv_s_groups(layers.hr_to_groups(big_x, scale), w, scale)
 
   # Independent reference: jax.lax.conv_transpose with PyTorch (gradient-of-conv) semantics.
   def ref_up(x, w):
@@ -145,7 +145,7 @@ def test_back_projection_matches_pytorch_semantics(scale):
   x = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)  # NCHW
   w = rng.standard_normal((3, 2, k, k)).astype(np.float32) / k  # ConvTranspose2d: (in, out, k, k)
   y_t = torch.nn.functional.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), stride=s, padding=p)
-  ours = layers.depth_to_space(layers.deconv_polyphase(
+  ours = layers.groups_to_hr(layers.deconv_groups(
       jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(w.transpose(2, 3, 0, 1)), s), s)
   np.testing.assert_allclose(np.asarray(ours), y_t.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 

@@ -160,25 +160,16 @@ def groups_to_phase(parts, s: int):
   return out.reshape(b, h, w, -1)
 
 
-def phase_to_groups(x_phase, s: int):
-  b, h, w, _ = x_phase.shape
-  xp = x_phase.reshape(b, h, w, s, s, -1)
-  return [xp[:, :, :, ry[0]:ry[-1] + 1, rx[0]:rx[-1] + 1].reshape(b, h, w, -1)
-          for ry, _, rx, _ in _group_index(s)]
-
-
 def groups_to_hr(parts, s: int):
   return depth_to_space(groups_to_phase(parts, s), s)
 
 
-def deconv_polyphase(x, kernel, s: int):
-  """Transposed conv in phase layout (B, h, w, s*s*cout): `deconv_groups`, joined."""
-  return groups_to_phase(deconv_groups(x, kernel, s), s)
-
-
-def conv_s_polyphase(x_phase, kernel, s: int):
-  """Strided conv of an HR map given in phase layout (B, h, w, s*s*cin)."""
-  return conv_s_groups(phase_to_groups(x_phase, s), kernel, s)
+def hr_to_groups(x, s: int):
+  """HR map (B, s*h, s*w, C) -> phase groups: the inverse of `groups_to_hr`."""
+  b, hh, ww, _ = x.shape
+  xp = space_to_depth(x, s).reshape(b, hh // s, ww // s, s, s, -1)
+  return [xp[:, :, :, ry[0]:ry[-1] + 1, rx[0]:rx[-1] + 1].reshape(b, hh // s, ww // s, -1)
+          for ry, _, rx, _ in _group_index(s)]
 
 
 # XLA:CPU runs a k x k conv with one (or a few) output channels far below its conv throughput: measured
