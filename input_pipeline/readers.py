@@ -241,6 +241,8 @@ def _list_rgbdd(root: pathlib.Path, split: str) -> list[Record]:
   name = 'rgbdd'
   if split == 'realscene':
     real = 'rgbdd/realscene'
+    if not (root / real).is_dir() and (root / 'rgbdd').is_dir():
+      return []  # The split is optional (layout): absent means empty, which list_records reports.
     return _list_rgbdd_dir(_need_dir(root, f'{real}/Depth', name), _need_dir(root, f'{real}/RGB', name),
                            _need_dir(root, f'{real}/DepthLR', name))
   records = _list_rgbdd_dir(_need_dir(root, 'rgbdd/Depth', name), _need_dir(root, 'rgbdd/RGB', name))

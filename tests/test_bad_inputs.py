@@ -280,11 +280,7 @@ def _builder_corrupt_png(root, _):
 
 
 def _builder_16bit_expected(root, _):
-  data = _rgbdd(root, depth_mode='L')
-  # The rgbdd builder lists the 'realscene' split too and (unlike the readers' layout, where it is
-  # optional) needs its directories; empty ones make an empty split, which it skips.
-  for sub in ('Depth', 'DepthLR', 'RGB'):
-    (data / 'rgbdd' / 'realscene' / sub).mkdir(parents=True)
+  data = _rgbdd(root, depth_mode='L')  # No realscene/: the builder skips that optional split.
   return _builder('rgbdd', data, root / 'tfds'), [str(data / 'rgbdd/Depth/scene1_HR_gt.png')]
 
 

@@ -300,3 +300,14 @@ def test_empty_split(tmp_path):
   for sub in ('Depth', 'RGB'):
     (empty / 'rgbdd' / sub).mkdir(parents=True)
   _one_line_error(readers.list_records, empty, 'rgbdd', 'train', match=("'train'", 'rgbdd', 'empty'))
+
+
+def test_rgbdd_realscene_is_optional(tmp_path):
+  for sub in ('Depth', 'RGB'):
+    (tmp_path / 'rgbdd' / sub).mkdir(parents=True)
+  assert readers.list_records(tmp_path, 'rgbdd', 'realscene', allow_empty=True) == []
+  _one_line_error(readers.list_records, tmp_path, 'rgbdd', 'realscene',
+                  match=("'realscene'", 'empty', 'optional rgbdd/realscene/'))
+  (tmp_path / 'rgbdd' / 'realscene').mkdir()  # Present but incomplete: name the missing folder.
+  _one_line_error(readers.list_records, tmp_path, 'rgbdd', 'realscene',
+                  match=("'rgbdd/realscene/Depth'",))
