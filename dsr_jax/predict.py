@@ -12,7 +12,9 @@ from the checkpoint config's data.name (`input_pipeline.readers.DATASETS`): 255 
 sets (middlebury*), 4000 for rgbdd (16-bit PNG millimetres), 10 for nyu_v2 (.npy metres), 1 for
 synthetic_rgbd (relative depth). An 8-bit PNG is always divided by 255 (its full range, the disparity
 convention). So give depth in the unit of the training data, or set --norm to the value that maps your
-depth onto [0, 1]. The output is in the same unit and storage type as the input: 16-bit PNG -> 16-bit
+depth onto [0, 1]. Without --norm, an input whose valid depth exceeds 2x the norm is refused: that is a
+unit mismatch (millimetres given to a disparity checkpoint), whose output would look plausible and be
+wrong. The output is in the same unit and storage type as the input: 16-bit PNG -> 16-bit
 PNG and 8-bit PNG -> 8-bit PNG (rounded, clipped to the type's range; valid pixels are at least 1 so that
 0 always means a hole), .npy -> .npy of the same dtype (floats clipped below at 0).
 
@@ -32,7 +34,7 @@ inference, and memory is bounded by the tile size (see dsr_jax/evaluate.py). --t
 
 Errors (bad input file, corrupt PNG, truncated .npy, a multi-channel image given as depth, a --scale that
 contradicts the checkpoint's, a missing or incomplete checkpoint, an output that already exists without
---overwrite, a depth map without any valid pixel) print one line to stderr and exit with status 2. All
+--overwrite, a depth map without any valid pixel, depth far outside the checkpoint's range) print one line to stderr and exit with status 2. All
 inputs and outputs are checked before anything is written, so a refused run writes nothing.
 """
 import argparse
@@ -56,6 +58,8 @@ from dsr_jax.errors import one_line
 SUFFIXES = ('.png', '.npy')
 PNG_MODES = {'L': 'png8', 'I;16': 'png16', 'I;16L': 'png16', 'I;16B': 'png16', 'I': 'png16'}
 CMAP = 'viridis'
+# Inputs whose valid depth exceeds RANGE_SLACK x the norm are refused unless --norm is given (check_range).
+RANGE_SLACK = 2.0
 # Inputs whose decoded arrays stay in memory between the check pass and the run (pixels); larger sets are
 # decoded twice rather than held.
 _KEEP_PIXELS = 64 * 2 ** 20
@@ -71,6 +75,7 @@ class DepthInput:
   dtype: np.dtype  # storage type of the input (and of the output)
   shape: tuple[int, int]
   data: np.ndarray | None = None  # decoded values, kept for small inputs
+  peak: float = 0.0  # largest valid depth, in stored units
 
 
 def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
@@ -149,8 +154,21 @@ def check_inputs(paths: list[pathlib.Path]) -> list[DepthInput]:
       raise UserError(f'{path}: no valid depth pixel (every pixel is 0, negative or NaN)')
     keep = kept + a.size <= _KEEP_PIXELS
     kept += a.size if keep else 0
-    out.append(DepthInput(path, kind, a.dtype, a.shape, a if keep else None))
+    peak = float(np.max(a, where=~hole_mask(a), initial=0))
+    out.append(DepthInput(path, kind, a.dtype, a.shape, a if keep else None, peak))
   return out
+
+
+def check_range(inp: DepthInput, norm: float, config) -> None:
+  """Refuses depth far above the training range: the network only ever saw depth / norm in [0, 1].
+
+  The usual cause is a unit mismatch (a 16-bit millimetre PNG for a checkpoint trained on 0-255
+  disparity: values up to ~16x the range), which would otherwise give a plausible-looking but wrong map.
+  """
+  if inp.peak > RANGE_SLACK * norm:
+    raise UserError(f'{inp.path}: depth up to {inp.peak:g} is {inp.peak / norm:.1f}x the norm {norm:g} of '
+                    f'the checkpoint\'s training data ({config.data.get("name")!r}: depth / norm in [0, 1]); '
+                    f'give depth in that unit, or pass --norm (--norm {norm:g} runs it as it is)')
 
 
 def input_norm(config, kind: str, override: float) -> float:
@@ -349,6 +367,9 @@ def predict(args) -> int:
     raise UserError(f"--scale {args.scale} contradicts the checkpoint's scale {scale} "
                     f'({os.path.join(root, str(step))}); omit --scale or pass --scale {scale}')
   norms = [input_norm(config, inp.kind, args.norm) for inp in inputs]
+  if not args.norm:  # An explicit --norm is the user's statement of the unit.
+    for inp, norm in zip(inputs, norms):
+      check_range(inp, norm, config)
   out_dir = pathlib.Path(args.output).expanduser()
   check_outputs(inputs, out_dir, scale, args.overwrite)
   with _stderr_swallowed_on_error():

@@ -207,7 +207,8 @@ def _predict(ckpt, inp, out, *extra):
 
 def _depth_npy(path, a=None):
   path.parent.mkdir(parents=True, exist_ok=True)
-  np.save(path, _depth_m(12, 16) if a is None else a)
+  # Relative depth in [0.25, 1]: the test checkpoint trained on synthetic_rgbd (norm 1).
+  np.save(path, _depth_m(12, 16) / 4 if a is None else a)
   return path
 
 
@@ -252,6 +253,13 @@ def _predict_existing_output(root, ckpt):
 def _predict_other_scale(root, ckpt):
   inp = _depth_npy(root / 'in' / 'scan.npy')
   return _predict(ckpt, inp, root / 'out', '--scale', '8'), ['--scale 8', 'scale 2']
+
+
+def _predict_mm_for_relative_checkpoint(root, ckpt):
+  bad = root / 'in' / 'scan.png'
+  bad.parent.mkdir()
+  Image.fromarray(np.full((12, 16), 1500, np.uint16)).save(bad)  # millimetres; the checkpoint's norm is 1
+  return _predict(ckpt, bad, root / 'out'), [str(bad), '1500', "'synthetic_rgbd'", '--norm']
 
 
 def _predict_missing_checkpoint(root, _):
@@ -312,6 +320,7 @@ CASES = [
     Case('predict-existing-output', 'predict', _predict_existing_output),
     Case('predict-checkpoint-of-other-scale', 'predict', _predict_other_scale),
     Case('predict-missing-checkpoint', 'predict', _predict_missing_checkpoint),
+    Case('predict-16bit-mm-for-relative-checkpoint', 'predict', _predict_mm_for_relative_checkpoint),
     Case('builder-missing-manual-dir', 'builder', _builder_missing_manual_dir),
     Case('builder-empty-dataset', 'builder', _builder_empty),
     Case('builder-corrupt-png', 'builder', _builder_corrupt_png),
