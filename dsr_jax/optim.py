@@ -49,5 +49,17 @@ def make(config, nets=NETS) -> optax.GradientTransformationExtraArgs:
                                param_labels={k: k for k in nets})
 
 
-def learning_rates(config, step: int) -> dict:
-  return {k: float(schedule(config.optim[k], config.train.num_steps)(step)) for k in NETS}
+def update_counts(opt_state, nets=NETS) -> dict:
+  """Each net's own update count (its Adam schedule's count: frozen rounds do not advance it)."""
+  out = {}
+  for k in nets:
+    found = [v for path, v in optax.tree_utils.tree_get_all_with_path(opt_state.inner_states[k], 'count')
+             if getattr(path[-1], 'tuple_name', '') == 'ScaleByScheduleState']
+    out[k] = found[0]
+  return out
+
+
+def learning_rates(config, counts: dict) -> dict:
+  """The rate of each net's next update: its schedule at its own count (`update_counts`), not the global
+  step, which runs ahead of a net that has been frozen (SPNet in stage 1, each round's teacher)."""
+  return {k: float(schedule(config.optim[k], config.train.num_steps)(int(c))) for k, c in counts.items()}

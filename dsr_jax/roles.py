@@ -55,7 +55,7 @@ def is_round_start(step: int, stage1_steps: int, round_steps: int) -> bool:
   return step >= stage1_steps and (step - stage1_steps) % round_steps == 0
 
 
-def validate(train_cfg) -> None:
+def validate(train_cfg, cross_task: bool = True) -> None:
   t = train_cfg
   for name in ('num_steps', 'round_steps', 'batch_size'):
     if not isinstance(t[name], int) or t[name] < 1:
@@ -64,3 +64,7 @@ def validate(train_cfg) -> None:
     raise ConfigError(f'train.stage1_steps={t.stage1_steps!r}: expected an integer in [0, train.num_steps]')
   if t.fixed_teacher not in ('', 'dsr', 'denet'):
     raise ConfigError(f"train.fixed_teacher={t.fixed_teacher!r}: expected '', 'dsr' or 'denet'")
+  if cross_task and not t.fixed_teacher and t.stage1_steps == 0:
+    # The first round's teacher is picked by the warm-up's errors; without any, an untrained net would teach.
+    raise ConfigError('train.stage1_steps=0: cross-task training picks its first teacher from the warm-up '
+                      "stage's errors; expected stage1_steps >= 1 (or a train.fixed_teacher)")

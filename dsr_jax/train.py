@@ -37,7 +37,7 @@ def cross_task(config) -> bool:
 
 
 def validate(config) -> None:
-  roles.validate(config.train)
+  roles.validate(config.train, cross_task(config))
   models_lib.build(config.model)
   if config.ckpt.every_steps < 1 or config.ckpt.keep < 1:
     raise ConfigError(f'ckpt.every_steps={config.ckpt.every_steps}, ckpt.keep={config.ckpt.keep}: '
@@ -286,9 +286,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
           role = jax.device_get((state.teacher, state.prev_err))
           vals['train/teacher'] = float(role[0])
           vals['train/e_dsr_prev_round'], vals['train/e_de_prev_round'] = map(float, role[1])
-          for k, v in optim.learning_rates(config, step).items():
-            if k in nets:
-              vals[f'train/lr_{k}'] = v
+          counts = jax.device_get(optim.update_counts(state.opt_state, nets))
+          for k, v in optim.learning_rates(config, counts).items():
+            vals[f'train/lr_{k}'] = v
           writer.write_scalars(done, vals)
           acc, n_acc = None, 0
         if done % tcfg.image_every == 0 or is_last:

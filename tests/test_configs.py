@@ -79,3 +79,14 @@ def test_cli_bad_config_argument_is_one_line_exit_2(tmp_path):
   errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and "unknown argument 'fast'" in errors[0], r.stderr[-2000:]
   assert 'Traceback' not in r.stderr and not (tmp_path / 'w').exists()
+
+
+def test_cross_task_needs_a_warm_up_stage():
+  c = load_config('configs/test.py')
+  c.train.stage1_steps = 0  # No warm-up errors: the first round's teacher would be an untrained net.
+  with pytest.raises(ConfigError, match='train.stage1_steps=0'):
+    train.validate(c)
+  c.train.fixed_teacher = 'denet'
+  train.validate(c)
+  c.train.fixed_teacher, c.model.use_denet = '', False  # w/o CT has no roles to pick.
+  train.validate(c)

@@ -70,6 +70,12 @@ def test_frozen_teacher_bit_identical(phase, teacher, student):
   count = lambda s, n: [x for x in jax.tree.leaves(_opt_leaves(s.opt_state, n)) if np.ndim(x) == 0]
   assert count(before, teacher) == count(after, teacher)
   assert count(before, student) != count(after, student)
+  # The logged learning rates follow each net's own count (SPNet was frozen in the stage-1 step).
+  counts = {k: int(v) for k, v in optim.update_counts(after.opt_state).items()}
+  assert counts == {student: 2, teacher: 1, 'spnet': 1}
+  lrs = optim.learning_rates(cfg, counts)
+  for net, n in counts.items():
+    assert lrs[net] == float(optim.schedule(cfg.optim[net], cfg.train.num_steps)(n))
 
 
 def test_stage1_spnet_frozen_and_both_nets_train():
