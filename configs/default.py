@@ -71,7 +71,10 @@ def get_config(arg=None):
     o[net].b1 = 0.9
     o[net].b2 = 0.999
     o[net].warmup_steps = 50  # Linear warm-up.
-    o[net].schedule = 'cosine'  # 'cosine' | 'constant'.
+    # 'cosine' | 'constant'. The schedule runs on the net's own update count (it pauses while the net is
+    # frozen) with a horizon of train.num_steps, so a net frozen part of the time (SPNet in stage 1, each
+    # round's teacher) ends before the cosine's floor.
+    o[net].schedule = 'cosine'
     o[net].grad_clip = 1.0  # Global-norm clip per network (0 disables).
 
   # ---------------------------------------------------------------- schedule
