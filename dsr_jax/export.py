@@ -7,9 +7,9 @@ size of DSRNet); the export is an Orbax checkpoint directory with one step holdi
 the training `config` (model.use_denet / use_spnet set False, so that it describes what the checkpoint
 contains; the original values stay in config.export) and `metrics` (when the source had them). `predict
 --checkpoint` and `--config.eval.checkpoint_dir` take the exported directory as they take a workdir.
-Errors print one line and exit with status 2; an existing output is never replaced without --overwrite.
+Errors print one line and exit with status 2; an existing output is never replaced without --overwrite,
+and never one that is, holds or lies inside the source (a workdir's checkpoints/ or checkpoints_best/).
 """
-import argparse
 import json
 import logging
 import os
@@ -18,18 +18,77 @@ import sys
 import tempfile
 
 from dsr_jax.errors import UserError
+from dsr_jax.errors import one_line
+# predict's parser: argparse whose usage errors are one line, like every other error of these CLIs.
+from dsr_jax.predict import _Parser  # pylint: disable=protected-access
+
+
+def _first_existing(path: str) -> str:
+  while not os.path.lexists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return path
+
+
+def _inside(path: str, root: str) -> bool:
+  """Whether `path` is `root` or lies under it (both real, absolute paths)."""
+  return os.path.commonpath([path, root]) == root
+
+
+def _check_output(out: str, overwrite: bool):
+  """Refuses an output that cannot be written or must not be replaced, before anything is read."""
+  if os.path.islink(out):
+    # rmtree refuses links and replacing one would not write where it points: fail now, not after writing.
+    raise UserError(f'--output {out}: is a symbolic link (expected a directory path)')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f'--output {out}: exists and is not a directory')
+  # The export is staged beside `out`, so its parent (or the nearest existing ancestor) must take writes.
+  base = _first_existing(os.path.dirname(out))
+  if not os.path.isdir(base):
+    raise UserError(f'--output {out}: {base} is not a directory')
+  if not os.access(base, os.W_OK | os.X_OK):
+    raise UserError(f'--output {out}: {base} is not writable')
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise UserError(f'--output {out}: exists and is not empty (pass --overwrite to replace it)')
+
+
+def _check_disjoint(out: str, checkpoint: str, root: str, step: int):
+  """Refuses an output that is, holds or lies inside the source: --overwrite would delete the run."""
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  real_out = os.path.realpath(out)
+  real_root = os.path.realpath(root)
+  # The output may not lie inside these (it would add to or replace a training checkpoint) ...
+  within = [real_root]
+  # ... nor be or hold these (replacing it would delete them).
+  held = [os.path.realpath(os.path.expanduser(checkpoint)), real_root, os.path.join(real_root, str(step))]
+  if os.path.basename(real_root) in (restore.CKPT_DIR, restore.BEST_DIR):
+    # A training workdir: its other checkpoint directory holds the optimizer state / the best model.
+    workdir = os.path.dirname(real_root)
+    within += [os.path.join(workdir, restore.CKPT_DIR), os.path.join(workdir, restore.BEST_DIR)]
+    held.append(workdir)
+  for src in within + held:
+    if real_out == src:
+      raise UserError(f'--output {out}: is the source checkpoint {src} (expected a directory outside the '
+                      'training run)')
+  for src in within:
+    if _inside(real_out, src):
+      raise UserError(f'--output {out}: lies inside the source checkpoint directory {src} (expected a '
+                      'directory outside the training run)')
+  for src in held:
+    if _inside(src, real_out):
+      raise UserError(f'--output {out}: contains the source checkpoint {src} (replacing it would delete '
+                      'it; expected a directory outside the training run)')
 
 
 def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
   """Writes DSRNet's parameters + config of `checkpoint` to `output`/<step>/; returns that directory."""
   out = os.path.abspath(os.path.expanduser(output))
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f'--output {out}: exists and is not a directory')
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    raise UserError(f'--output {out}: exists and is not empty (pass --overwrite to replace it)')
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  _check_output(out, overwrite)
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  config, params, info = restore.load_params(checkpoint, ('dsr',))
+  root, step = restore.resolve_checkpoint(checkpoint)
+  _check_disjoint(out, checkpoint, root, step)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  # The step directory, not `checkpoint`: what was checked above is what gets read.
+  config, params, info = restore.load_params(os.path.join(root, str(step)), ('dsr',))
   step = int(info['step'])
   metrics = None
   if os.path.isdir(os.path.join(info['dir'], 'metrics')):
@@ -49,16 +108,31 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
     items['metrics'] = ocp.args.JsonSave(metrics)
   # Written beside the target and swapped in at the end: a failure leaves any previous export intact.
   parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  except OSError as e:
+    raise UserError(f'--output {out}: cannot create it ({one_line(e)})') from e
   try:
     opts = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
     with ocp.CheckpointManager(tmp, options=opts) as mngr:
       mngr.save(step, args=ocp.args.Composite(**items))
       mngr.wait_until_finished()
     if os.path.isdir(out):
-      shutil.rmtree(out)
-    os.replace(tmp, out)
+      # Moved aside rather than deleted until the new export is in place, so a failed swap can undo itself.
+      trash = tempfile.mkdtemp(prefix='.export-old-', dir=parent)
+      os.replace(out, os.path.join(trash, 'previous'))
+      try:
+        os.replace(tmp, out)
+      except OSError:
+        os.replace(os.path.join(trash, 'previous'), out)
+        os.rmdir(trash)
+        raise
+      shutil.rmtree(trash, ignore_errors=True)
+    else:
+      os.replace(tmp, out)
+  except OSError as e:
+    raise UserError(f'--output {out}: cannot write it ({one_line(e)})') from e
   finally:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
@@ -66,7 +140,7 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m dsr_jax.export', description=__doc__.splitlines()[0])
+  p = _Parser(prog='python -m dsr_jax.export', description=__doc__.splitlines()[0])
   p.add_argument('--checkpoint', required=True,
                  help='training workdir (its best checkpoint), its checkpoints/ directory, or one step directory')
   p.add_argument('--output', required=True, help='directory to write (an Orbax checkpoint directory)')

@@ -226,6 +226,54 @@ def test_export_is_dsrnet_only_and_predicts_the_same(ckpt, tmp_path, capsys):
   assert sorted(p.relative_to(out) for p in out.rglob('*')) == before
   assert export.main(['--checkpoint', str(tmp_path / 'nope'), '--output', str(tmp_path / 'x')]) == 2
   assert not (tmp_path / 'x').exists()
+  # --overwrite swaps the new export in and leaves no staging directory beside it.
+  assert export.main(['--checkpoint', str(ckpt), '--output', str(out), '--overwrite']) == 0
+  assert restore.resolve_checkpoint(out) == (str(out), 8)
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith('.export')]
+
+
+def _listing(root: pathlib.Path) -> dict:
+  return {p.relative_to(root): (p.is_dir(), p.stat().st_mtime_ns) for p in root.rglob('*')}
+
+
+def test_export_refuses_to_touch_its_source(ckpt, tmp_path, capsys, monkeypatch):
+  from dsr_jax import export, restore  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'runs' / 'x2'
+  shutil.copytree(ckpt, run)  # a copy: a broken guard must not delete the session's checkpoint
+  (tmp_path / 'afile').write_text('keep me\n')
+  (tmp_path / 'link').symlink_to(run)
+
+  def no_restore(*args, **kwargs):
+    raise AssertionError(f'parameters restored before the output was checked: {args} {kwargs}')
+
+  monkeypatch.setattr(restore, 'load_params', no_restore)
+  step = run / 'checkpoints' / '8'
+  cases = [  # (--checkpoint, --output, what the one-line error names)
+      (run, run, f'{run}: is the source checkpoint'),
+      (run, tmp_path / 'runs', f'{tmp_path / "runs"}: contains the source checkpoint {run}'),
+      (run, tmp_path, f'{tmp_path}: contains'),
+      (step, run, f'{run}: is the source checkpoint {run}'),
+      (run, run / 'checkpoints', f'is the source checkpoint {run / "checkpoints"}'),
+      (run, run / 'checkpoints_best', f'is the source checkpoint {run / "checkpoints_best"}'),
+      (run, step, f'{step}: lies inside the source checkpoint directory'),
+      (run, run / 'checkpoints' / '99', 'lies inside the source checkpoint directory'),
+      (run / 'checkpoints', run / 'checkpoints', 'is the source checkpoint'),
+      (step, step, f'{step}: is the source checkpoint {step}'),
+      (run, tmp_path / 'link', 'link: is a symbolic link'),
+      (run, tmp_path / 'afile' / 'sub', f'{tmp_path / "afile"} is not a directory'),
+  ]
+  before = _listing(tmp_path)
+  capsys.readouterr()
+  for source, output, expect in cases:
+    assert export.main(['--checkpoint', str(source), '--output', str(output), '--overwrite']) == 2, output
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and expect in err[0], (output, err)
+    assert _listing(tmp_path) == before, output
+  assert (tmp_path / 'afile').read_text() == 'keep me\n'
+  with pytest.raises(SystemExit) as info:  # argparse usage errors are one line too
+    export.main(['--checkpoint', str(run)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert info.value.code == 2 and len(err) == 1 and err[0].startswith('error: ') and '--output' in err[0]
 
 
 def jax_leaves(tree):
