@@ -20,15 +20,17 @@ Several builders live in this module, so they are registered through --imports:
 Then train from the records with `--config.data.tfds_dir ~/tensorflow_datasets`. Files are ArrayRecord
 unless `--file_format` says otherwise (only ArrayRecord is random-access readable by the pipeline).
 """
-import argparse
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dsr_jax.errors import UserError
+# predict's parser: argparse whose usage errors are one line, like every other error of these CLIs.
+from dsr_jax.predict import _Parser  # pylint: disable=protected-access
 from input_pipeline import readers
 
 _CITATION = """\
@@ -160,6 +162,29 @@ class SyntheticRgbd(_Builder):
 BUILDERS = {cls.name: cls for cls in (MiddleburyLu, Middlebury2005, Rgbdd, NyuV2, SyntheticRgbd)}
 
 
+def _check_data_dir(data_dir: str) -> str:
+  """The absolute data_dir; refuses one that is, or lies under, something other than a directory."""
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  base = path
+  while not os.path.lexists(base) and os.path.dirname(base) != base:
+    base = os.path.dirname(base)
+  if not os.path.isdir(base):
+    what = 'is' if base == path else f'lies under {base}, which is'
+    raise UserError(f'--data_dir {path}: {what} not a directory (expected a TFDS data directory)')
+  if not os.access(base, os.W_OK | os.X_OK):
+    raise UserError(f'--data_dir {path}: {base} is not writable')
+  return path
+
+
+def _prepare(cls, data_dir: str, config: dict):
+  builder = cls(data_dir=data_dir)
+  # Statistics would cost a TensorFlow pass over full-size images and nothing here reads them.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+      compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False, **config))
+  return builder
+
+
 def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = False):
   """Prepares `dataset` as ArrayRecord under `data_dir` and returns its builder.
 
@@ -167,35 +192,52 @@ def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = F
     dataset: a key of BUILDERS.
     data_dir: TFDS data directory (what data.tfds_dir later points at).
     manual_dir: the manual data root ('' -> $DSR_DATA_DIR); unused for synthetic_rgbd.
-    overwrite: rebuild even if this version was already prepared there.
+    overwrite: rebuild even if this version was already prepared there. The previous build stays in
+      place until the new one is complete, so a failed rebuild leaves it as it was.
   """
   if dataset not in BUILDERS:
     raise readers.unknown_dataset_error(dataset)
+  cls = BUILDERS[dataset]
+  data_dir = _check_data_dir(data_dir)
   config = {}
   if dataset != readers.SYNTHETIC:
     config['manual_dir'] = str(readers.resolve_data_dir(manual_dir))
-  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  target = os.path.join(data_dir, cls.name, str(cls.VERSION))
+  if overwrite and os.path.isdir(target):
+    # tfds' own overwrite modes delete the old version before generating the new one (tfds 4.9.10
+    # download_and_prepare), so bad manual data cost a good build: generate into a staging data_dir beside
+    # it and swap the version directory in only once the build is complete.
+    stage = tempfile.mkdtemp(prefix=f'.{cls.name}-rebuild-', dir=data_dir)
+    try:
+      _prepare(cls, stage, config)
+      # Moved aside, not deleted, until the new version is in place: a failed swap puts it back.
+      trash = tempfile.mkdtemp(prefix=f'.{cls.name}-previous-', dir=data_dir)
+      previous = os.path.join(trash, 'previous')
+      os.replace(target, previous)
+      try:
+        os.replace(os.path.join(stage, cls.name, str(cls.VERSION)), target)
+      except BaseException:
+        os.replace(previous, target)
+        os.rmdir(trash)
+        raise
+      shutil.rmtree(trash, ignore_errors=True)
+    finally:
+      shutil.rmtree(stage, ignore_errors=True)
+    return cls(data_dir=data_dir)
   # A failed build must leave nothing behind: remember which of the directories tfds creates exist now.
-  made = [os.path.abspath(data_dir), os.path.join(os.path.abspath(data_dir), 'downloads'),
-          os.path.join(os.path.abspath(data_dir), BUILDERS[dataset].name)]
+  made = [data_dir, os.path.join(data_dir, 'downloads'), os.path.join(data_dir, cls.name)]
   existed = {d for d in made if os.path.exists(d)}
   try:
-    builder = BUILDERS[dataset](data_dir=data_dir)
-    # Statistics would cost a TensorFlow pass over full-size images and nothing here reads them.
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False,
-        **config))
+    return _prepare(cls, data_dir, config)
   except BaseException:
     for d in reversed(made):
       if d not in existed and os.path.exists(d):
         shutil.rmtree(d, ignore_errors=True)
     raise
-  return builder
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = _Parser(prog='python -m input_pipeline.tfds_builders', description=__doc__.split('\n')[0])
   parser.add_argument('--dataset', required=True, help=f"one of {', '.join(BUILDERS)}, or 'all'")
   parser.add_argument('--manual_dir', default='', help='data root laid out like shared/data '
                       '(default: $DSR_DATA_DIR)')
@@ -209,7 +251,7 @@ def main(argv=None) -> int:
       sizes = ', '.join(f'{k}={v.num_examples}' for k, v in builder.info.splits.items())
       print(f'{name}: {sizes} -> {builder.data_dir}')
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2
   return 0
 

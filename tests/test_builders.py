@@ -1,6 +1,7 @@
 """TFDS builders: ArrayRecord builds read back (without TensorFlow) equal to the manual readers."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -94,18 +95,23 @@ def test_missing_tfds_build_is_one_line(tmp_path):
   assert '\n' not in message and str(tmp_path) in message and 'middlebury_lu' in message
 
 
-def test_fake_manual_dir_build_skips_invalid(tmp_path):
-  manual = tmp_path / 'manual'
+def _fake_middlebury_lu(manual, offset=0):
+  """10 Middlebury + 2 Lu pairs of 6x7 PNGs; Middlebury_03 has no valid pixel."""
   for i in range(1, 11):
     base = manual / 'middlebury_lu' / 'Middlebury'
-    # Middlebury_03 has no valid pixel: skipped by the builder exactly as by the readers.
     _png(base / 'Depth' / f'Middlebury_{i:02d}_output_depth.png',
-         np.full((6, 7), 0 if i == 3 else 10 * i, np.uint8))
+         np.full((6, 7), 0 if i == 3 else 10 * i + offset, np.uint8))
     _png(base / 'RGB' / f'Middlebury_{i:02d}_output_color.png', np.full((6, 7, 3), i, np.uint8))
   for i in (1, 2):
     base = manual / 'middlebury_lu' / 'Lu'
     _png(base / 'Depth' / f'RGBD_{i:02d}_output_depth.png', np.full((6, 7), 200 + i, np.uint8))
     _png(base / 'RGB' / f'RGBD_{i:02d}_ouput_color.png', np.zeros((6, 7, 3), np.uint8))
+  return manual
+
+
+def test_fake_manual_dir_build_skips_invalid(tmp_path):
+  # Middlebury_03 has no valid pixel: skipped by the builder exactly as by the readers.
+  manual = _fake_middlebury_lu(tmp_path / 'manual')
   data_dir = tmp_path / 'tfds'
   builder = tfds_builders.build('middlebury_lu', str(data_dir), str(manual))
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
@@ -138,3 +144,56 @@ def test_main(tmp_path, shared_data_dir, capsys):
   assert tfds_builders.main(['--dataset', 'rgbdd', '--manual_dir', str(tmp_path / 'none'),
                              '--data_dir', str(tmp_path)]) == 2
   assert str(tmp_path / 'none') in capsys.readouterr().err
+
+
+def _snapshot(root):
+  return {p.relative_to(root): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+          for p in root.rglob('*')}
+
+
+def _one_line_error(capsys, *expect):
+  # tfds' progress bars may come first (a failure inside generation); the error is the last line.
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'Traceback' not in err, err
+  assert all(e in last for e in expect), last
+
+
+def test_failed_overwrite_keeps_the_previous_build(tmp_path, capsys):
+  good = _fake_middlebury_lu(tmp_path / 'good')
+  truncated = _fake_middlebury_lu(tmp_path / 'truncated')
+  png = truncated / 'middlebury_lu' / 'Lu' / 'Depth' / 'RGBD_02_output_depth.png'
+  png.write_bytes(png.read_bytes()[:40])
+  no_lu = _fake_middlebury_lu(tmp_path / 'no_lu')
+  shutil.rmtree(no_lu / 'middlebury_lu' / 'Lu')
+  data_dir = tmp_path / 'tfds'
+  args = ['--dataset', 'middlebury_lu', '--data_dir', str(data_dir), '--overwrite']
+  assert tfds_builders.main(args + ['--manual_dir', str(good)]) == 0
+  before = _snapshot(data_dir)
+  for bad, expect in ((truncated, png.name), (no_lu, str(no_lu))):
+    capsys.readouterr()
+    assert tfds_builders.main(args + ['--manual_dir', str(bad)]) == 2
+    _one_line_error(capsys, expect)
+    assert _snapshot(data_dir) == before  # no staging directory left, the old build untouched
+  # A good rebuild replaces the old one (its depth differs) and leaves nothing else behind.
+  assert tfds_builders.main(args + ['--manual_dir', str(_fake_middlebury_lu(tmp_path / 'new', 5))]) == 0
+  assert sorted(p.name for p in data_dir.iterdir()) == sorted(p.name for p in data_dir.iterdir()
+                                                              if not p.name.startswith('.'))
+  got = sources.get_source(_data_config('middlebury_lu', tfds_dir=data_dir), 'train')
+  _assert_same(got, readers.load_split(tmp_path / 'new', 'middlebury_lu', 'train'))
+
+
+def test_data_dir_that_is_a_file(tmp_path, capsys):
+  manual = _fake_middlebury_lu(tmp_path / 'manual')
+  afile = tmp_path / 'afile'
+  afile.write_text('keep me\n')
+  for data_dir, expect in ((afile, f'{afile}: is not a directory'),
+                           (afile / 'sub', f'lies under {afile}, which is not a directory')):
+    assert tfds_builders.main(['--dataset', 'middlebury_lu', '--manual_dir', str(manual),
+                               '--data_dir', str(data_dir)]) == 2
+    _one_line_error(capsys, '--data_dir', expect)
+  assert afile.read_text() == 'keep me\n'
+  with pytest.raises(SystemExit) as info:  # argparse usage errors are one line too
+    tfds_builders.main(['--dataset', 'middlebury_lu'])
+  assert info.value.code == 2
+  _one_line_error(capsys, '--data_dir')
