@@ -21,3 +21,18 @@ def one_line(e: BaseException, limit: int = 200) -> str:
   """'Type: message' with whitespace collapsed and the message cut to `limit` characters."""
   text = ' '.join(str(e).split())
   return f'{type(e).__name__}: {text[:limit]}' if text else type(e).__name__
+
+
+def check_dir_target(path: str, field: str) -> None:
+  """Refuses a directory path that cannot be created: it, or an ancestor, exists and is not a directory.
+
+  Called before any work, so such a mistake costs nothing (os.makedirs would raise only at write time).
+  """
+  import pathlib  # pylint: disable=g-import-not-at-top
+  p = pathlib.Path(path).expanduser().absolute()
+  for q in (p, *p.parents):
+    if q.exists():
+      if not q.is_dir():
+        what = 'is' if q == p else f'lies under {q}, which is'
+        raise UserError(f'{field} {p}: {what} a file, not a directory')
+      return

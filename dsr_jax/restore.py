@@ -35,10 +35,10 @@ _EXPECTED = ('a training workdir, its checkpoints/ directory, or one step direct
              "'params' and 'config'")
 
 
-def _steps(directory: pathlib.Path) -> list[int]:
+def saved_steps(directory) -> list[int]:
   # Orbax names finished steps by their integer; unfinished saves carry a tmp suffix and are skipped.
   try:
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in pathlib.Path(directory).iterdir() if p.name.isdigit() and p.is_dir())
   except OSError:
     return []
 
@@ -75,7 +75,7 @@ def resolve_checkpoint(path) -> tuple[str, int]:
   else:
     root = None
     for candidate in (p / BEST_DIR, p / CKPT_DIR, p):
-      steps = _steps(candidate) if candidate.is_dir() else []
+      steps = saved_steps(candidate) if candidate.is_dir() else []
       if steps:
         root, step = candidate, steps[-1]
         break

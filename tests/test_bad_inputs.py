@@ -16,6 +16,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 from typing import Callable
@@ -197,6 +198,22 @@ def _main_cpu_convolutions(root, _):
   return _train('--config.cpu_convolutions=mkl')(root), ['cpu_convolutions', "'mkl'"]
 
 
+def _main_workdir_is_a_file(root, _):
+  (root / 'work').write_text('notes')
+  return _train()(root), [str(root / 'work'), 'a file']
+
+
+def _main_crop_larger_than_images(root, _):
+  data = _nyu(root)  # 24x32 images
+  return _train('--config.data.crop=40', data=('nyu_v2', data))(root), ['24x32', 'data.crop=40']
+
+
+def _main_resume_with_other_model(root, ckpt):
+  shutil.copytree(ckpt, root / 'work')  # an x2 run of configs/test.py (channels 4)
+  return _train('--config.model.channels=8')(root), [str(root / 'work' / 'checkpoints'),
+                                                       'model.channels=4 there, 8 now']
+
+
 def _main_unknown_dataset(root, _):
   return _train('--config.data.name=nyu')(root), ["'nyu'", 'data.name']
 
@@ -312,6 +329,9 @@ CASES = [
     Case('main-config-typo', 'main', _main_config_typo),
     Case('main-unknown-dataset', 'main', _main_unknown_dataset),
     Case('main-cpu-convolutions', 'main', _main_cpu_convolutions),
+    Case('main-workdir-is-a-file', 'main', _main_workdir_is_a_file),
+    Case('main-crop-larger-than-images', 'main', _main_crop_larger_than_images),
+    Case('main-resume-with-other-model', 'main', _main_resume_with_other_model),
     Case('predict-corrupt-png', 'predict', _predict_corrupt_png),
     Case('predict-truncated-npy', 'predict', _predict_truncated_npy),
     Case('predict-all-nan', 'predict', _predict_all_nan),
@@ -409,7 +429,7 @@ def results(request, tmp_path_factory):
   selected = {p['case'].id for p in params if 'case' in p}
   cases = [c for c in CASES if c.id in selected and (c.tool != 'predict' or PREDICT.exists())]
   ckpt = None
-  if any(c.tool == 'predict' for c in cases):
+  if any(c.tool == 'predict' or c.id == 'main-resume-with-other-model' for c in cases):
     ckpt = _make_checkpoint(tmp_path_factory.mktemp('x2_run'))
   base = tmp_path_factory.mktemp('cases')
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
