@@ -6,7 +6,8 @@ Eval mode:
       --config.model.name=bicubic --config.model.scale=4       # the bicubic baseline, no checkpoint
 It evaluates split 'test' of eval.dataset (or data.name) and writes W/eval/<dataset>_x<s>.json (per-scene
 MAD, RMSE, PSNR, SSIM in protocol units, and their means) and W/eval/<dataset>_x<s>.md (Markdown tables;
-for middlebury2005 beside the paper's Table 1 rows). The model and its scale come from the checkpoint's
+for middlebury2005 beside the paper's Table 1 rows); the bicubic baseline's are <dataset>_x<s>_bicubic.*.
+A report of another checkpoint is never replaced: the run is refused before it starts. The model and its scale come from the checkpoint's
 saved config; model.scale = 0 (the eval configs' value) means "the checkpoint's scale", any other value
 must agree with it.
 
@@ -68,6 +69,7 @@ from scipy import ndimage
 
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
+from dsr_jax.errors import check_dir_target
 from dsr_jax import xla_options
 from input_pipeline import degradation
 
@@ -508,6 +510,7 @@ def run(config, workdir: str) -> dict:
   name = config.model.get('name', 'dsrnet')
   if name not in MODELS:
     raise ConfigError(f'model.name={name!r}: expected one of {", ".join(MODELS)}')
+  check_dir_target(workdir, '--workdir')  # Now, not after the whole evaluation.
   want = config.model.scale
   if isinstance(want, bool) or not isinstance(want, int) or (want and want not in PAPER_SCALES):
     raise ConfigError(f'model.scale={want!r}: expected 0 (the checkpoint\'s) or one of 2, 4, 8, 16')
@@ -538,6 +541,7 @@ def run(config, workdir: str) -> dict:
     if 'denet' in params and models.denet is not None:
       denet, denet_params = models.denet, params['denet']
       estimate = lambda rgb: estimate_depth(denet, denet_params, rgb, tile=tile)
+  files = report_files(workdir, dataset, scale, name, info.get('dir', ''))
   result = evaluate_dataset(config, dataset, scale, predict, estimate)
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
             'checkpoint': info.get('dir', ''), 'step': info.get('step'),
@@ -545,17 +549,32 @@ def run(config, workdir: str) -> dict:
             'protocol': dataclasses.asdict(proto), **result}
   if dataset == 'middlebury2005':
     result['paper_table1_mad'] = paper_rows(scale)
-  out_dir = os.path.join(os.path.abspath(workdir), 'eval')
-  stem = os.path.join(out_dir, f'{dataset}_x{scale}')
-  files = {'json': stem + '.json', 'md': stem + '.md'}
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(files['json']), exist_ok=True)
     with open(files['json'], 'w') as f:
       json.dump(result, f, indent=2)
     with open(files['md'], 'w') as f:
       f.write(markdown(result))
   result['files'] = files
   return result
+
+
+def report_files(workdir: str, dataset: str, scale: int, name: str, checkpoint: str) -> dict:
+  """The report's two paths; refuses (before any work) to replace a report of another checkpoint."""
+  stem = os.path.join(os.path.abspath(workdir), 'eval',
+                      f'{dataset}_x{scale}' + ('_bicubic' if name == 'bicubic' else ''))
+  files = {'json': stem + '.json', 'md': stem + '.md'}
+  if os.path.exists(files['json']):
+    try:
+      with open(files['json']) as f:
+        old = json.load(f).get('checkpoint')
+    except (OSError, ValueError, AttributeError):
+      old = None
+    if old != checkpoint:
+      what = f'the report of {old}' if old else 'something that is not its report'
+      raise UserError(f'{files["json"]}: already holds {what}; give another --workdir or move it away '
+                      '(a re-run of the same checkpoint replaces its own report)')
+  return files
 
 
 def summary(result: dict) -> str:

@@ -3,6 +3,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -65,10 +66,10 @@ def test_bicubic_middlebury2005_reproduces_paper(shared_data_dir, tmp_path, scal
   assert set(res['per_scene']) == set(evaluate.SCENES_2005)
   for m in res['per_scene'].values():
     assert m['rmse'] >= m['mad'] > 0 and 0 < m['ssim'] <= 1 and m['psnr'] > 20
-  on_disk = json.loads((tmp_path / 'eval' / f'middlebury2005_x{scale}.json').read_text())
+  on_disk = json.loads((tmp_path / 'eval' / f'middlebury2005_x{scale}_bicubic.json').read_text())
   assert on_disk['per_scene']['art']['mad'] == pytest.approx(res['per_scene']['art']['mad'])
   assert on_disk['paper_table1_mad']['DSRNet']['art'] == evaluate.PAPER_TABLE1_MAD['DSRNet']['art'][i]
-  md = (tmp_path / 'eval' / f'middlebury2005_x{scale}.md').read_text()
+  md = (tmp_path / 'eval' / f'middlebury2005_x{scale}_bicubic.md').read_text()
   assert '| Bicubic (paper) |' in md and '| DSRNet w/o CT (paper) |' in md and '| DSRNet (paper) |' in md
   assert f'| **Bicubic (ours)** | {paper["art"][i]:.2f} | {paper["books"][i]:.2f} |' in md
 
@@ -246,6 +247,12 @@ def test_eval_checkpoint_scale_mismatch(ckpt, tmp_path, capsys):
 def test_eval_restores_8_device_checkpoint_on_1_device(ckpt, tmp_path):
   res = evaluate.run(_eval_config(ckpt), str(tmp_path / 'here'))
   assert res['scale'] == 2 and res['step'] == 8 and res['images'] == 2
+  # The report of another checkpoint is never replaced: refused before the evaluation runs.
+  report = pathlib.Path(res['files']['json'])
+  report.write_text(json.dumps({'checkpoint': '/elsewhere/8'}))
+  with pytest.raises(UserError, match=re.escape(f'{report}: already holds the report of /elsewhere/8')):
+    evaluate.run(_eval_config(ckpt), str(tmp_path / 'here'))
+  assert json.loads(report.read_text()) == {'checkpoint': '/elsewhere/8'}
   assert set(res['denet']['mean']) == {'delta1', 'delta2', 'delta3', 'abs_rel', 'rmse', 'log10'}
   # Same XLA options as this process (the autouse fixture), one device.
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu',
