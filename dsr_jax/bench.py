@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dsr_jax import errors
 from dsr_jax import xla_options
 
 
@@ -127,12 +128,12 @@ PEAK_FLOPS = {
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--affinity-pool', type=int, default=32)
-  p.add_argument('--batch', type=int, default=4)
-  p.add_argument('--hr', type=int, default=128)
+  p.add_argument('--affinity-pool', type=errors.positive_int, default=32)
+  p.add_argument('--batch', type=errors.positive_int, default=4)
+  p.add_argument('--hr', type=errors.positive_int, default=128)
   p.add_argument('--hr-hw', default='', metavar='HxW',
                  help='non-square HR size for infer, e.g. 1080x1320 (overrides --hr; both divisible by --scale)')
-  p.add_argument('--iters', type=int, default=5)
+  p.add_argument('--iters', type=errors.positive_int, default=5)
   p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student'])
   p.add_argument('--profile', default='', metavar='DIR',
                  help='after timing, trace 2 more calls with jax.profiler into DIR and add the top ops')
@@ -354,16 +355,16 @@ def cmd_compare(a) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='python -m dsr_jax.bench', description=__doc__)
+  parser = errors.ArgumentParser(prog='python -m dsr_jax.bench', description=__doc__)
   sub = parser.add_subparsers(dest='cmd', required=True)
   p = sub.add_parser('params', help='parameter counts per network')
   add_model_args(p)
   p.set_defaults(fn=cmd_params)
   p = sub.add_parser('dsrnet', help='DSRNet forward+backward: polyphase vs reference vs the peer')
   add_model_args(p)
-  p.add_argument('--batch', type=int, default=4)
-  p.add_argument('--hr', type=int, default=128)
-  p.add_argument('--iters', type=int, default=3)
+  p.add_argument('--batch', type=errors.positive_int, default=4)
+  p.add_argument('--hr', type=errors.positive_int, default=128)
+  p.add_argument('--iters', type=errors.positive_int, default=3)
   p.add_argument('--impls', default='polyphase,reference')
   p.add_argument('--peer', default=PEER, help='path of torch_ctkt.py ("" to skip)')
   p.set_defaults(fn=cmd_dsrnet)
@@ -376,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('bf16', help='loss curves of the same run in float32 and bfloat16 compute')
   add_model_args(p)
   add_run_args(p)
-  p.add_argument('--steps', type=int, default=500)
+  p.add_argument('--steps', type=errors.positive_int, default=500)
   p.add_argument('--lr', type=float, default=1e-4)
   p.add_argument('--tolerance', type=float, default=0.05,
                  help="largest relative gap of the smoothed curves still called 'tracks'")
@@ -385,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('mode', choices=['train', 'infer'])
   add_model_args(p)
   add_run_args(p)
-  p.add_argument('--rounds', type=int, default=2)
+  p.add_argument('--rounds', type=errors.positive_int, default=2)
   p.add_argument('--peer', default=PEER)
   p.add_argument('--peer-compile', action='store_true', help='torch.compile the peer step')
   p.set_defaults(fn=cmd_compare)

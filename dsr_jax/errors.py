@@ -3,6 +3,7 @@
 Entry points catch `UserError` and print its one-line message with exit status 2 (no traceback). Library
 code raises it with a message that names the file or field and what was expected.
 """
+import argparse
 
 
 class UserError(ValueError):
@@ -36,3 +37,21 @@ def check_dir_target(path: str, field: str) -> None:
         what = 'is' if q == p else f'lies under {q}, which is'
         raise UserError(f'{field} {p}: {what} a file, not a directory')
       return
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse, but a usage mistake is one line on stderr (exit status 2), like every other error."""
+
+  def error(self, message):
+    self.exit(2, f'error: {message} (see --help)\n')
+
+
+def positive_int(text: str) -> int:
+  """argparse type for counts and sizes (a 0 would divide by zero or time nothing)."""
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'{text!r}: expected a positive integer')
+  return value

@@ -17,10 +17,9 @@ import shutil
 import sys
 import tempfile
 
-from dsr_jax.errors import UserError
 from dsr_jax.errors import one_line
-# predict's parser: argparse whose usage errors are one line, like every other error of these CLIs.
-from dsr_jax.predict import _Parser  # pylint: disable=protected-access
+from dsr_jax.errors import ArgumentParser
+from dsr_jax.errors import UserError
 
 
 def _first_existing(path: str) -> str:
@@ -140,7 +139,7 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
 
 
 def main(argv=None) -> int:
-  p = _Parser(prog='python -m dsr_jax.export', description=__doc__.splitlines()[0])
+  p = ArgumentParser(prog='python -m dsr_jax.export', description=__doc__.splitlines()[0])
   p.add_argument('--checkpoint', required=True,
                  help='training workdir (its best checkpoint), its checkpoints/ directory, or one step directory')
   p.add_argument('--output', required=True, help='directory to write (an Orbax checkpoint directory)')

@@ -52,6 +52,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
 from dsr_jax.errors import one_line
 
@@ -313,15 +314,8 @@ def _stderr_swallowed_on_error():
   sys.stderr = real
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse, but a usage mistake is one line on stderr (exit status 2), like every other error."""
-
-  def error(self, message):
-    self.exit(2, f'error: {message} (see --help)\n')
-
-
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(
+  p = ArgumentParser(
       prog='python -m dsr_jax.predict',
       description='Super-resolve depth maps (8/16-bit single-channel PNG or 2-D .npy) with a trained DSRNet. '
                   'Output: <stem>_x<s>.<ext> (same unit and type as the input, exactly s times its size) '

@@ -28,9 +28,8 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
-# predict's parser: argparse whose usage errors are one line, like every other error of these CLIs.
-from dsr_jax.predict import _Parser  # pylint: disable=protected-access
 from input_pipeline import readers
 
 _CITATION = """\
@@ -237,7 +236,7 @@ def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = F
 
 
 def main(argv=None) -> int:
-  parser = _Parser(prog='python -m input_pipeline.tfds_builders', description=__doc__.split('\n')[0])
+  parser = ArgumentParser(prog='python -m input_pipeline.tfds_builders', description=__doc__.split('\n')[0])
   parser.add_argument('--dataset', required=True, help=f"one of {', '.join(BUILDERS)}, or 'all'")
   parser.add_argument('--manual_dir', default='', help='data root laid out like shared/data '
                       '(default: $DSR_DATA_DIR)')

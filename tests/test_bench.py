@@ -46,6 +46,16 @@ def test_bad_hr_hw_is_one_line(capsys, value):
   assert err.count('\n') == 1 and '--hr-hw' in err and value in err
 
 
+@pytest.mark.parametrize('argv', [['infer', '--batch', '0'], ['dsrnet', '--iters', '0'],
+                                  ['compare', 'train', '--rounds', 'x'], ['pipeline', '--iters', '-1']])
+def test_non_positive_counts_are_one_line(capsys, argv):
+  with pytest.raises(SystemExit) as e:  # argparse refuses them before anything runs
+    bench.main(argv)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count('\n') == 1
+  assert err.startswith('error: argument ') and 'expected a positive integer' in err
+
+
 def test_bf16_tracks_float32_on_a_short_run(capsys):
   status, out, _ = _run(capsys, ['bf16', *TINY, '--steps', '5'])
   assert status == 0
