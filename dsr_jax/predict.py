@@ -29,7 +29,8 @@ written to a temporary name and renamed, so an interrupted run leaves no half-wr
 
 Large inputs are tiled: --tile counts input (LR) pixels per tile side, --overlap input pixels of context
 per side (raised to the network's receptive field, 6 x model.stages); the result is identical to untiled
-inference, and memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images.
+inference, and memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images; a tile
+has at least 8 input pixels.
 --ensemble averages the 8 flip/transpose variants (8x the time).
 
 Errors (bad input file, corrupt PNG, truncated .npy, a multi-channel image given as depth, a --scale that
@@ -54,11 +55,14 @@ from PIL import Image
 
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
+from dsr_jax.errors import check_dir_target
 from dsr_jax.errors import one_line
 
 SUFFIXES = ('.png', '.npy')
 PNG_MODES = {'L': 'png8', 'I;16': 'png16', 'I;16L': 'png16', 'I;16B': 'png16', 'I': 'png16'}
 CMAP = 'viridis'
+# Smaller tiles are all overlap (each side gets >= 6 x model.stages of context): thousands of windows.
+MIN_TILE = 8
 # Inputs whose valid depth exceeds RANGE_SLACK x the norm are refused unless --norm is given (check_range).
 RANGE_SLACK = 2.0
 # Inputs whose decoded arrays stay in memory between the check pass and the run (pixels); larger sets are
@@ -160,6 +164,11 @@ def check_inputs(paths: list[pathlib.Path]) -> list[DepthInput]:
   return out
 
 
+def _finite_ratio(peak: float, norm: float) -> bool:
+  with np.errstate(over='ignore', divide='ignore', invalid='ignore'):
+    return bool(np.isfinite(np.float32(peak) / np.float32(norm)))
+
+
 def check_range(inp: DepthInput, norm: float, config) -> None:
   """Refuses depth far above the training range: the network only ever saw depth / norm in [0, 1].
 
@@ -200,6 +209,7 @@ def output_paths(inp: DepthInput, out_dir: pathlib.Path, scale: int) -> tuple[pa
 def check_outputs(inputs, out_dir: pathlib.Path, scale: int, overwrite: bool):
   if out_dir.exists() and not out_dir.is_dir():
     raise UserError(f'--output {out_dir}: exists and is not a directory')
+  check_dir_target(out_dir, '--output')
   seen = {}
   for inp in inputs:
     for p in output_paths(inp, out_dir, scale):
@@ -344,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def predict(args) -> int:
   """Runs the CLI on parsed `args`; raises UserError for any user mistake."""
-  if args.tile < 0:
-    raise UserError(f'--tile {args.tile}: expected >= 0 (0 = whole image)')
+  if args.tile < 0 or 0 < args.tile < MIN_TILE:
+    raise UserError(f'--tile {args.tile}: expected 0 (whole image) or >= {MIN_TILE} input pixels')
   if args.overlap < 0:
     raise UserError(f'--overlap {args.overlap}: expected >= 0')
   if args.norm < 0 or not np.isfinite(args.norm):
@@ -361,9 +371,12 @@ def predict(args) -> int:
     raise UserError(f"--scale {args.scale} contradicts the checkpoint's scale {scale} "
                     f'({os.path.join(root, str(step))}); omit --scale or pass --scale {scale}')
   norms = [input_norm(config, inp.kind, args.norm) for inp in inputs]
-  if not args.norm:  # An explicit --norm is the user's statement of the unit.
-    for inp, norm in zip(inputs, norms):
+  for inp, norm in zip(inputs, norms):
+    if not args.norm:  # An explicit --norm is the user's statement of the unit.
       check_range(inp, norm, config)
+    elif not _finite_ratio(inp.peak, norm):
+      raise UserError(f'--norm {args.norm:g}: {inp.path} divided by it overflows float32 (expected the '
+                      'depth value that maps onto 1)')
   out_dir = pathlib.Path(args.output).expanduser()
   check_outputs(inputs, out_dir, scale, args.overwrite)
   with _stderr_swallowed_on_error():

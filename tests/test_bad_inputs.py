@@ -279,6 +279,22 @@ def _predict_mm_for_relative_checkpoint(root, ckpt):
   return _predict(ckpt, bad, root / 'out'), [str(bad), '1500', "'synthetic_rgbd'", '--norm']
 
 
+def _predict_output_under_a_file(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  (root / 'notes').write_text('x')
+  return _predict(ckpt, inp, root / 'notes' / 'out'), [str(root / 'notes'), 'a file']
+
+
+def _predict_norm_overflows(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(ckpt, inp, root / 'out', '--norm', '1e-40'), ['--norm 1e-40', str(inp)]
+
+
+def _predict_tile_too_small(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(ckpt, inp, root / 'out', '--tile', '4'), ['--tile 4', '>= 8']
+
+
 def _predict_missing_checkpoint(root, _):
   inp = _depth_npy(root / 'in' / 'scan.npy')
   return _predict(root / 'no_such_run', inp, root / 'out'), [str(root / 'no_such_run')]
@@ -340,6 +356,9 @@ CASES = [
     Case('predict-existing-output', 'predict', _predict_existing_output),
     Case('predict-checkpoint-of-other-scale', 'predict', _predict_other_scale),
     Case('predict-missing-checkpoint', 'predict', _predict_missing_checkpoint),
+    Case('predict-output-under-a-file', 'predict', _predict_output_under_a_file),
+    Case('predict-norm-overflows-float32', 'predict', _predict_norm_overflows),
+    Case('predict-tile-too-small', 'predict', _predict_tile_too_small),
     Case('predict-16bit-mm-for-relative-checkpoint', 'predict', _predict_mm_for_relative_checkpoint),
     Case('builder-missing-manual-dir', 'builder', _builder_missing_manual_dir),
     Case('builder-empty-dataset', 'builder', _builder_empty),
