@@ -29,8 +29,8 @@ written to a temporary name and renamed, so an interrupted run leaves no half-wr
 
 Large inputs are tiled: --tile counts input (LR) pixels per tile side, --overlap input pixels of context
 per side (raised to the network's receptive field, 6 x model.stages); the result is identical to untiled
-inference, and memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images; a tile
-has at least 8 input pixels.
+inference, and memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images;
+a tile has at least 8 input pixels.
 --ensemble averages the 8 flip/transpose variants (8x the time).
 
 Errors (bad input file, corrupt PNG, truncated .npy, a multi-channel image given as depth, a --scale that
