@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dsr_jax.errors import ConfigError
 from dsr_jax.errors import DataError
 from input_pipeline import readers
 
@@ -123,12 +124,20 @@ def _synthetic_source(data_config, split: str):
   from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   cfg = data_config.synthetic
   size = cfg.size
-  height, width = (size, size) if isinstance(size, int) else tuple(size)
-  if split == 'train':
-    return synthetic.SyntheticSource(cfg.num_train, height, width, SYNTHETIC_TRAIN_SEED_OFFSET)
-  if split in ('validation', 'test'):
-    return synthetic.SyntheticSource(cfg.num_val, height, width, SYNTHETIC_VAL_SEED_OFFSET)
-  raise DataError(f"dataset 'synthetic_rgbd' has no split {split!r} (splits: train, validation, test)")
+  try:
+    height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
+  except (TypeError, ValueError):
+    height = width = 0
+  if isinstance(size, bool) or min(height, width) < 1:
+    raise ConfigError(f'data.synthetic.size={size!r}: expected a positive int or (height, width)')
+  if split not in ('train', 'validation', 'test'):
+    raise DataError(f"dataset 'synthetic_rgbd' has no split {split!r} (splits: train, validation, test)")
+  field = 'num_train' if split == 'train' else 'num_val'
+  count = cfg[field]
+  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    raise ConfigError(f'data.synthetic.{field}={count!r}: expected a positive integer')
+  offset = SYNTHETIC_TRAIN_SEED_OFFSET if split == 'train' else SYNTHETIC_VAL_SEED_OFFSET
+  return synthetic.SyntheticSource(count, height, width, offset)
 
 
 def _tfds_source(name: str, split: str, tfds_dir: str) -> TfdsSource:

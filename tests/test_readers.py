@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dsr_jax.errors import ConfigError
 from dsr_jax.errors import DataError
 from input_pipeline import readers
 from input_pipeline import sources
@@ -171,6 +172,12 @@ def test_synthetic_source_from_config():
   assert example['depth'].shape == (16, 24) and example['rgb'].shape == (16, 24, 3)
   assert {train[i]['name'] for i in range(5)}.isdisjoint(val[i]['name'] for i in range(2))
   _one_line_error(sources.get_source, config, 'realscene', match=('synthetic_rgbd', 'realscene'))
+  for field, value in (('size', (5,)), ('size', 0), ('num_train', 0)):
+    bad = _data_config('synthetic_rgbd')
+    bad.synthetic = ml_collections.ConfigDict({**bad.synthetic.to_dict(), field: value})
+    with pytest.raises(ConfigError) as info:
+      sources.get_source(bad, 'train')
+    assert str(info.value).startswith(f'data.synthetic.{field}={value!r}: expected a positive')
 
 
 def test_no_data_dir(monkeypatch):
