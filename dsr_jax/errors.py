@@ -21,7 +21,9 @@ class ConfigError(UserError):
 def one_line(e: BaseException, limit: int = 200) -> str:
   """'Type: message' with whitespace collapsed and the message cut to `limit` characters."""
   text = ' '.join(str(e).split())
-  return f'{type(e).__name__}: {text[:limit]}' if text else type(e).__name__
+  if len(text) > limit:  # Cut at a word, and say so.
+    text = text[:limit].rsplit(' ', 1)[0] + ' ...'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
 def check_dir_target(path: str, field: str) -> None:

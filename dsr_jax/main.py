@@ -79,7 +79,10 @@ def _one_line(e: BaseException) -> str:
     if raised:
       text = f'{text.splitlines()[0].split(":")[0]}: {raised[-1]}'
   text = text.replace('\\n', ' ').replace("\\'", "'")
-  return ' '.join(text.split()).strip('"\'')
+  text = ' '.join(text.split())
+  if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':
+    text = text[1:-1]  # The repr quotes of a KeyError, not quotes inside the message.
+  return text
 
 
 def parse_flags(argv):

@@ -43,7 +43,8 @@ def test_override_and_typo():
     load_config('configs/test.py', **{'train.num_step': 3})
 
 
-@pytest.mark.parametrize('flag,needle', [('--config.train.num_step=3', 'num_step'),
+@pytest.mark.parametrize('flag,needle', [('--config.train.num_step=3', "'num_step' Did you mean"),
+                                         ('--config.train.num_steps=x', "int() with base 10: 'x' (overrides"),
                                          ('--config.model.scale=3', 'model.scale')])
 def test_cli_bad_config_is_one_line_exit_2(tmp_path, flag, needle):
   r = subprocess.run([sys.executable, '-m', 'dsr_jax.main', '--config', 'configs/test.py', '--workdir',
