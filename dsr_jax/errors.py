@@ -26,21 +26,6 @@ def one_line(e: BaseException, limit: int = 200) -> str:
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
-def check_dir_target(path: str, field: str) -> None:
-  """Refuses a directory path that cannot be created: it, or an ancestor, exists and is not a directory.
-
-  Called before any work, so such a mistake costs nothing (os.makedirs would raise only at write time).
-  """
-  import pathlib  # pylint: disable=g-import-not-at-top
-  p = pathlib.Path(path).expanduser().absolute()
-  for q in (p, *p.parents):
-    if q.exists():
-      if not q.is_dir():
-        what = 'is' if q == p else f'lies under {q}, which is'
-        raise UserError(f'{field} {p}: {what} a file, not a directory')
-      return
-
-
 class ArgumentParser(argparse.ArgumentParser):
   """argparse, but a usage mistake is one line on stderr (exit status 2), like every other error."""
 

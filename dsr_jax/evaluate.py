@@ -7,9 +7,9 @@ Eval mode:
 It evaluates split 'test' of eval.dataset (or data.name) and writes W/eval/<dataset>_x<s>.json (per-scene
 MAD, RMSE, PSNR, SSIM in protocol units, and their means) and W/eval/<dataset>_x<s>.md (Markdown tables;
 for middlebury2005 beside the paper's Table 1 rows); the bicubic baseline's are <dataset>_x<s>_bicubic.*.
-A report of another checkpoint is never replaced: the run is refused before it starts. The model and its scale come from the checkpoint's
-saved config; model.scale = 0 (the eval configs' value) means "the checkpoint's scale", any other value
-must agree with it.
+A report of another checkpoint is never replaced: the run is refused before any image is evaluated.
+The model and its scale come from the checkpoint's saved config; model.scale = 0 (the eval configs'
+value) means "the checkpoint's scale", any other value must agree with it.
 
 Inference
 ---------
@@ -67,9 +67,9 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
+from dsr_jax import paths
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
-from dsr_jax.errors import check_dir_target
 from dsr_jax import xla_options
 from input_pipeline import degradation
 
@@ -510,7 +510,7 @@ def run(config, workdir: str) -> dict:
   name = config.model.get('name', 'dsrnet')
   if name not in MODELS:
     raise ConfigError(f'model.name={name!r}: expected one of {", ".join(MODELS)}')
-  check_dir_target(workdir, '--workdir')  # Now, not after the whole evaluation.
+  paths.check_dir_target(workdir, '--workdir')  # Now, not after the whole evaluation.
   want = config.model.scale
   if isinstance(want, bool) or not isinstance(want, int) or (want and want not in PAPER_SCALES):
     raise ConfigError(f'model.scale={want!r}: expected 0 (the checkpoint\'s) or one of 2, 4, 8, 16')
@@ -560,20 +560,27 @@ def run(config, workdir: str) -> dict:
 
 
 def report_files(workdir: str, dataset: str, scale: int, name: str, checkpoint: str) -> dict:
-  """The report's two paths; refuses (before any work) to replace a report of another checkpoint."""
+  """The report's two paths; refuses (before any image is evaluated) to replace another checkpoint's report.
+
+  `checkpoint` is the step directory ('' for the bicubic baseline), compared by real path.
+  """
   stem = os.path.join(os.path.abspath(workdir), 'eval',
                       f'{dataset}_x{scale}' + ('_bicubic' if name == 'bicubic' else ''))
   files = {'json': stem + '.json', 'md': stem + '.md'}
+  real = lambda c: os.path.realpath(c) if c else ''
   if os.path.exists(files['json']):
     try:
       with open(files['json']) as f:
         old = json.load(f).get('checkpoint')
+      what = f'the report of {old}' if old else "the bicubic baseline's report"
     except (OSError, ValueError, AttributeError):
-      old = None
-    if old != checkpoint:
-      what = f'the report of {old}' if old else 'something that is not its report'
+      old, what = None, 'something that is not a report'
+    if not isinstance(old, str) or real(old) != real(checkpoint):
       raise UserError(f'{files["json"]}: already holds {what}; give another --workdir or move it away '
                       '(a re-run of the same checkpoint replaces its own report)')
+  elif os.path.exists(files['md']):
+    raise UserError(f'{files["md"]}: exists without its .json (so whose report it is is unknown); give '
+                    'another --workdir or move it away')
   return files
 
 

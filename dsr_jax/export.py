@@ -18,14 +18,9 @@ import sys
 import tempfile
 
 from dsr_jax.errors import one_line
+from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
-
-
-def _first_existing(path: str) -> str:
-  while not os.path.lexists(path) and os.path.dirname(path) != path:
-    path = os.path.dirname(path)
-  return path
 
 
 def _inside(path: str, root: str) -> bool:
@@ -38,14 +33,9 @@ def _check_output(out: str, overwrite: bool):
   if os.path.islink(out):
     # rmtree refuses links and replacing one would not write where it points: fail now, not after writing.
     raise UserError(f'--output {out}: is a symbolic link (expected a directory path)')
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f'--output {out}: exists and is not a directory')
+  paths.check_dir_target(out, '--output')
   # The export is staged beside `out`, so its parent (or the nearest existing ancestor) must take writes.
-  base = _first_existing(os.path.dirname(out))
-  if not os.path.isdir(base):
-    raise UserError(f'--output {out}: {base} is not a directory')
-  if not os.access(base, os.W_OK | os.X_OK):
-    raise UserError(f'--output {out}: {base} is not writable')
+  paths.check_dir_target(os.path.dirname(out), '--output parent', writable=True)
   if os.path.isdir(out) and os.listdir(out) and not overwrite:
     raise UserError(f'--output {out}: exists and is not empty (pass --overwrite to replace it)')
 
@@ -117,19 +107,7 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
     with ocp.CheckpointManager(tmp, options=opts) as mngr:
       mngr.save(step, args=ocp.args.Composite(**items))
       mngr.wait_until_finished()
-    if os.path.isdir(out):
-      # Moved aside rather than deleted until the new export is in place, so a failed swap can undo itself.
-      trash = tempfile.mkdtemp(prefix='.export-old-', dir=parent)
-      os.replace(out, os.path.join(trash, 'previous'))
-      try:
-        os.replace(tmp, out)
-      except OSError:
-        os.replace(os.path.join(trash, 'previous'), out)
-        os.rmdir(trash)
-        raise
-      shutil.rmtree(trash, ignore_errors=True)
-    else:
-      os.replace(tmp, out)
+    paths.replace_dir(tmp, out)
   except OSError as e:
     raise UserError(f'--output {out}: cannot write it ({one_line(e)})') from e
   finally:

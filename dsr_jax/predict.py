@@ -35,8 +35,9 @@ a tile has at least 8 input pixels.
 
 Errors (bad input file, corrupt PNG, truncated .npy, a multi-channel image given as depth, a --scale that
 contradicts the checkpoint's, a missing or incomplete checkpoint, an output that already exists without
---overwrite, a depth map without any valid pixel, depth far outside the checkpoint's range) print one line to stderr and exit with status 2. All
-inputs and outputs are checked before anything is written, so a refused run writes nothing.
+--overwrite, a depth map without any valid pixel, depth far outside the checkpoint's range) print one line
+to stderr and exit with status 2. All inputs and outputs are checked before anything is written, so a
+refused run writes nothing.
 """
 import argparse
 import contextlib
@@ -53,9 +54,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
-from dsr_jax.errors import check_dir_target
 from dsr_jax.errors import one_line
 
 SUFFIXES = ('.png', '.npy')
@@ -155,11 +156,12 @@ def check_inputs(paths: list[pathlib.Path]) -> list[DepthInput]:
   out, kept = [], 0
   for path in paths:
     a, kind = read_depth(path)
-    if hole_mask(a).all():
+    holes = hole_mask(a)
+    if holes.all():
       raise UserError(f'{path}: no valid depth pixel (every pixel is 0, negative or NaN)')
     keep = kept + a.size <= _KEEP_PIXELS
     kept += a.size if keep else 0
-    peak = float(np.max(a, where=~hole_mask(a), initial=0))
+    peak = float(np.max(a, where=~holes, initial=0))
     out.append(DepthInput(path, kind, a.dtype, a.shape, a if keep else None, peak))
   return out
 
@@ -207,9 +209,7 @@ def output_paths(inp: DepthInput, out_dir: pathlib.Path, scale: int) -> tuple[pa
 
 
 def check_outputs(inputs, out_dir: pathlib.Path, scale: int, overwrite: bool):
-  if out_dir.exists() and not out_dir.is_dir():
-    raise UserError(f'--output {out_dir}: exists and is not a directory')
-  check_dir_target(out_dir, '--output')
+  paths.check_dir_target(out_dir, '--output')
   seen = {}
   for inp in inputs:
     for p in output_paths(inp, out_dir, scale):

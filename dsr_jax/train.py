@@ -20,6 +20,7 @@ import numpy as np
 from dsr_jax import checkpointing
 from dsr_jax import models as models_lib
 from dsr_jax import optim
+from dsr_jax import paths
 from dsr_jax import roles
 from dsr_jax import sharding
 from dsr_jax import state as state_lib
@@ -27,7 +28,6 @@ from dsr_jax import steps
 from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
-from dsr_jax.errors import check_dir_target
 
 
 class NonFiniteLoss(UserError):
@@ -181,8 +181,8 @@ def validation_mad(config, models, params, mesh=None, dataset=None):
   return float(np.mean(ours)), float(np.mean(bic)), len(ours)
 
 
-def check_resume_config(config, workdir: str) -> None:
-  """Refuses to resume checkpoints whose networks have other shapes than this config's.
+def check_resume_config(config, workdir: str) -> bool:
+  """Whether `workdir` has checkpoints to resume; refuses them when their networks have other shapes.
 
   Orbax would fail on every step with shape errors, and restore_latest would report them as unreadable;
   the checkpoints are fine, the model config changed. Checked on the newest step's saved config.
@@ -191,15 +191,15 @@ def check_resume_config(config, workdir: str) -> None:
   root = os.path.join(workdir, restore.CKPT_DIR)
   steps_ = restore.saved_steps(root)
   if not steps_:
-    return
+    return False
   try:
     saved = restore.read_config(root, steps_[-1])
     old = jax.tree.map(lambda x: x.shape, restore.abstract_params(saved, optim.NETS))
   except Exception:  # pylint: disable=broad-except
-    return  # Unreadable or from older code: restore_latest falls back or explains.
+    return True  # Unreadable or from older code: restore_latest falls back or explains.
   new = jax.tree.map(lambda x: x.shape, restore.abstract_params(config, optim.NETS))
   if old == new:
-    return
+    return True
   # Both through JSON, as the checkpoint's copy was (tuples become lists there).
   before = _flat(saved.model.to_dict(), 'model.')
   now = _flat(json.loads(config.model.to_json_best_effort()), 'model.')
@@ -214,9 +214,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in workdir) and returns the final validation summary."""
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   validate(config)
-  check_dir_target(workdir, '--workdir')
+  paths.check_dir_target(workdir, '--workdir')
   workdir = os.path.abspath(workdir)
-  check_resume_config(config, workdir)
+  resuming = check_resume_config(config, workdir)
   tcfg = config.train
   is_ct = cross_task(config)
   models = models_lib.build(config.model)
@@ -232,11 +232,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   key = jax.random.key(config.seed)
   abstract = jax.eval_shape(create, key)
   train_iter = iter(pipeline.train_dataset(config))
-  # The first batch reads, crops and degrades real examples, so a data mistake that shows only there (an
-  # image smaller than data.crop) fails before the workdir exists; the rewind keeps the data order.
-  first_state = train_iter.get_state()
-  next(train_iter)
-  train_iter.set_state(first_state)
+  if not resuming:
+    # The first batch reads, crops and degrades real examples, so a data mistake that shows only there (an
+    # image smaller than data.crop) fails before the workdir exists; the rewind keeps the data order.
+    first_state = train_iter.get_state()
+    next(train_iter)
+    train_iter.set_state(first_state)
   # The validation split too is opened before anything is written: a missing or empty one fails now, with
   # no workdir left behind, not after the whole run.
   val_data = val_dataset(config)

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
 from input_pipeline import readers
@@ -161,20 +162,6 @@ class SyntheticRgbd(_Builder):
 BUILDERS = {cls.name: cls for cls in (MiddleburyLu, Middlebury2005, Rgbdd, NyuV2, SyntheticRgbd)}
 
 
-def _check_data_dir(data_dir: str) -> str:
-  """The absolute data_dir; refuses one that is, or lies under, something other than a directory."""
-  path = os.path.abspath(os.path.expanduser(data_dir))
-  base = path
-  while not os.path.lexists(base) and os.path.dirname(base) != base:
-    base = os.path.dirname(base)
-  if not os.path.isdir(base):
-    what = 'is' if base == path else f'lies under {base}, which is'
-    raise UserError(f'--data_dir {path}: {what} not a directory (expected a TFDS data directory)')
-  if not os.access(base, os.W_OK | os.X_OK):
-    raise UserError(f'--data_dir {path}: {base} is not writable')
-  return path
-
-
 def _prepare(cls, data_dir: str, config: dict):
   builder = cls(data_dir=data_dir)
   # Statistics would cost a TensorFlow pass over full-size images and nothing here reads them.
@@ -197,7 +184,7 @@ def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = F
   if dataset not in BUILDERS:
     raise readers.unknown_dataset_error(dataset)
   cls = BUILDERS[dataset]
-  data_dir = _check_data_dir(data_dir)
+  data_dir = paths.check_dir_target(data_dir, '--data_dir', writable=True)
   config = {}
   if dataset != readers.SYNTHETIC:
     config['manual_dir'] = str(readers.resolve_data_dir(manual_dir))
@@ -209,17 +196,7 @@ def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = F
     stage = tempfile.mkdtemp(prefix=f'.{cls.name}-rebuild-', dir=data_dir)
     try:
       _prepare(cls, stage, config)
-      # Moved aside, not deleted, until the new version is in place: a failed swap puts it back.
-      trash = tempfile.mkdtemp(prefix=f'.{cls.name}-previous-', dir=data_dir)
-      previous = os.path.join(trash, 'previous')
-      os.replace(target, previous)
-      try:
-        os.replace(os.path.join(stage, cls.name, str(cls.VERSION)), target)
-      except BaseException:
-        os.replace(previous, target)
-        os.rmdir(trash)
-        raise
-      shutil.rmtree(trash, ignore_errors=True)
+      paths.replace_dir(os.path.join(stage, cls.name, str(cls.VERSION)), target)
     finally:
       shutil.rmtree(stage, ignore_errors=True)
     return cls(data_dir=data_dir)

@@ -200,7 +200,7 @@ def _main_cpu_convolutions(root, _):
 
 def _main_workdir_is_a_file(root, _):
   (root / 'work').write_text('notes')
-  return _train()(root), [str(root / 'work'), 'a file']
+  return _train()(root), [str(root / 'work'), 'is not a directory']
 
 
 def _main_crop_larger_than_images(root, _):
@@ -282,7 +282,7 @@ def _predict_mm_for_relative_checkpoint(root, ckpt):
 def _predict_output_under_a_file(root, ckpt):
   inp = _depth_npy(root / 'in' / 'scan.npy')
   (root / 'notes').write_text('x')
-  return _predict(ckpt, inp, root / 'notes' / 'out'), [str(root / 'notes'), 'a file']
+  return _predict(ckpt, inp, root / 'notes' / 'out'), [str(root / 'notes'), 'which is not a directory']
 
 
 def _predict_norm_overflows(root, ckpt):

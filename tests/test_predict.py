@@ -260,7 +260,7 @@ def test_export_refuses_to_touch_its_source(ckpt, tmp_path, capsys, monkeypatch)
       (run / 'checkpoints', run / 'checkpoints', 'is the source checkpoint'),
       (step, step, f'{step}: is the source checkpoint {step}'),
       (run, tmp_path / 'link', 'link: is a symbolic link'),
-      (run, tmp_path / 'afile' / 'sub', f'{tmp_path / "afile"} is not a directory'),
+      (run, tmp_path / 'afile' / 'sub', f'lies under {tmp_path / "afile"}, which is not a directory'),
   ]
   before = _listing(tmp_path)
   capsys.readouterr()
