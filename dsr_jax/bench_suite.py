@@ -5,12 +5,13 @@ matrix product, a large device-to-device copy), then runs each `python -m dsr_ja
 process, writes every JSON line to DIR/suite.json as it goes (a row that fails is recorded, not fatal) and
 prints a short table last. `--tiny` runs the same rows on toy shapes (the test suite does, on CPU).
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+
+from dsr_jax import errors
 
 # (name, bench arguments). Shapes: the CPU rows' shapes first, so ratios can be set side by side.
 PAPER = ['--scale', '4', '--stages', '4', '--channels', '64', '--feat', '256', '--de-blocks', '2',
@@ -74,7 +75,7 @@ def ceilings(tiny_run: bool) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m dsr_jax.bench_suite', description=__doc__.splitlines()[0])
+  p = errors.ArgumentParser(prog='python -m dsr_jax.bench_suite', description=__doc__.splitlines()[0])
   p.add_argument('--out', required=True, help='directory for suite.json')
   p.add_argument('--tiny', action='store_true', help='toy shapes (a smoke test of the suite itself)')
   p.add_argument('--only', default='', help='comma-separated row names (default: all)')

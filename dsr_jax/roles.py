@@ -55,7 +55,7 @@ def is_round_start(step: int, stage1_steps: int, round_steps: int) -> bool:
   return step >= stage1_steps and (step - stage1_steps) % round_steps == 0
 
 
-def validate(train_cfg, cross_task: bool = True) -> None:
+def validate(train_cfg, cross_task: bool) -> None:
   t = train_cfg
   for name in ('num_steps', 'round_steps', 'batch_size'):
     if not isinstance(t[name], int) or t[name] < 1:

@@ -7,6 +7,7 @@ import argparse
 import time
 
 from configs import default
+from dsr_jax import errors
 from dsr_jax.errors import positive_int
 from input_pipeline import pipeline
 
@@ -76,6 +77,6 @@ def run(args) -> dict:
 
 if __name__ == '__main__':
   import json  # pylint: disable=g-import-not-at-top
-  p = argparse.ArgumentParser(description=__doc__)
+  p = errors.ArgumentParser(description=__doc__)
   add_args(p)
   print(json.dumps(run(p.parse_args())))

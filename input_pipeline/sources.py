@@ -124,11 +124,14 @@ def _synthetic_source(data_config, split: str):
   from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   cfg = data_config.synthetic
   size = cfg.size
-  try:
-    height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
-  except (TypeError, ValueError):
+  if isinstance(size, int) and not isinstance(size, bool):
+    height = width = size
+  elif isinstance(size, (tuple, list)) and len(size) == 2 and all(
+      isinstance(v, int) and not isinstance(v, bool) for v in size):
+    height, width = size
+  else:
     height = width = 0
-  if isinstance(size, bool) or min(height, width) < 1:
+  if min(height, width) < 1:
     raise ConfigError(f'data.synthetic.size={size!r}: expected a positive int or (height, width)')
   if split not in ('train', 'validation', 'test'):
     raise DataError(f"dataset 'synthetic_rgbd' has no split {split!r} (splits: train, validation, test)")

@@ -253,6 +253,9 @@ def test_eval_restores_8_device_checkpoint_on_1_device(ckpt, tmp_path):
   with pytest.raises(UserError, match=re.escape(f'{report}: already holds the report of /elsewhere/8')):
     evaluate.run(_eval_config(ckpt), str(tmp_path / 'here'))
   assert json.loads(report.read_text()) == {'checkpoint': '/elsewhere/8'}
+  report.write_text(json.dumps({'checkpoint': res['checkpoint']}))  # the same checkpoint's: replaced
+  again = evaluate.run(_eval_config(ckpt), str(tmp_path / 'here'))
+  assert json.loads(report.read_text())['per_scene'] == json.loads(json.dumps(again['per_scene']))
   assert set(res['denet']['mean']) == {'delta1', 'delta2', 'delta3', 'abs_rel', 'rmse', 'log10'}
   # Same XLA options as this process (the autouse fixture), one device.
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu',
