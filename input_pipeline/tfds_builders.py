@@ -103,16 +103,22 @@ class _ManualBuilder(_Builder, skip_registration=True):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
 
   def _split_generators(self, dl_manager):
-    root = dl_manager.manual_dir
-    splits = {}
-    for split in readers.DATASETS[self.name].splits:
-      records = readers.list_records(root, self.name, split, allow_empty=True)
-      if records:  # E.g. nyu_v2 with only the test samples has no train split.
-        splits[split] = self._generate_examples(records)
-    if not splits:
-      # Re-list one split without allow_empty for its one-line DataError.
-      readers.list_records(root, self.name, readers.DATASETS[self.name].splits[0])
-    return splits
+    return {split: self._generate_examples(records)
+            for split, records in manual_splits(dl_manager.manual_dir, self.name).items()}
+
+
+def manual_splits(root, name: str) -> dict:
+  """{split: records} of the splits that have examples (nyu_v2 with only the test samples has no train
+  split); a one-line DataError when none has."""
+  splits = {}
+  for split in readers.DATASETS[name].splits:
+    records = readers.list_records(root, name, split, allow_empty=True)
+    if records:
+      splits[split] = records
+  if not splits:
+    # Re-list one split without allow_empty for its one-line DataError.
+    readers.list_records(root, name, readers.DATASETS[name].splits[0])
+  return splits
 
 
 class MiddleburyLu(_ManualBuilder):
@@ -188,6 +194,8 @@ def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = F
   config = {}
   if dataset != readers.SYNTHETIC:
     config['manual_dir'] = str(readers.resolve_data_dir(manual_dir))
+    # Listed now, not only inside tfds: it asserts (a traceback) on an empty manual directory.
+    manual_splits(config['manual_dir'], dataset)
   target = os.path.join(data_dir, cls.name, str(cls.VERSION))
   if overwrite and os.path.isdir(target):
     # tfds' own overwrite modes delete the old version before generating the new one (tfds 4.9.10
@@ -227,7 +235,11 @@ def main(argv=None) -> int:
       sizes = ', '.join(f'{k}={v.num_examples}' for k, v in builder.info.splits.items())
       print(f'{name}: {sizes} -> {builder.data_dir}')
   except UserError as e:
-    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    # The readers name the training config's fields; here the user typed these flags.
+    text = ' '.join(str(e).split())
+    for field, flag in (('data.dir', '--manual_dir'), ('data.name', '--dataset')):
+      text = text.replace(f'{field} ', f'{flag} ').replace(f'in {field} ', f'in {flag} ')
+    print(f'error: {text}', file=sys.stderr)
     return 2
   return 0
 

@@ -305,7 +305,13 @@ def _builder(dataset, manual, out):
 
 
 def _builder_missing_manual_dir(root, _):
-  return _builder('middlebury_lu', '/nonexistent', root / 'tfds'), ['/nonexistent']
+  return _builder('middlebury_lu', '/nonexistent', root / 'tfds'), ['--manual_dir /nonexistent']
+
+
+def _builder_empty_manual_dir(root, _):
+  (root / 'data').mkdir()  # tfds itself asserts (a traceback) on an empty manual directory
+  return _builder('middlebury_lu', root / 'data', root / 'tfds'), [f'--manual_dir {root / "data"}',
+                                                                    'middlebury_lu/Middlebury/Depth']
 
 
 def _builder_empty(root, _):
@@ -361,6 +367,7 @@ CASES = [
     Case('predict-tile-too-small', 'predict', _predict_tile_too_small),
     Case('predict-16bit-mm-for-relative-checkpoint', 'predict', _predict_mm_for_relative_checkpoint),
     Case('builder-missing-manual-dir', 'builder', _builder_missing_manual_dir),
+    Case('builder-empty-manual-dir', 'builder', _builder_empty_manual_dir),
     Case('builder-empty-dataset', 'builder', _builder_empty),
     Case('builder-corrupt-png', 'builder', _builder_corrupt_png),
     Case('builder-8bit-png-for-16bit-rgbdd', 'builder', _builder_16bit_expected),
