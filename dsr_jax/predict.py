@@ -362,6 +362,10 @@ def predict(args) -> int:
     raise UserError(f'--norm {args.norm}: expected a positive number')
   # Inputs first (no JAX needed), then the checkpoint's config; the parameters are restored only once
   # everything else is known to be fine.
+  source = pathlib.Path(args.input).expanduser()
+  if source.is_dir() and source.resolve() == pathlib.Path(args.output).expanduser().resolve():
+    # Its outputs would be inputs of the next run over the same directory.
+    raise UserError(f'--output {args.output}: is the --input directory (expected another directory)')
   inputs = check_inputs(list_inputs(args.input))
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top  (JAX + Orbax: ~1 s to import)
   root, step = restore.resolve_checkpoint(args.checkpoint)

@@ -295,6 +295,11 @@ def _predict_tile_too_small(root, ckpt):
   return _predict(ckpt, inp, root / 'out', '--tile', '4'), ['--tile 4', '>= 8']
 
 
+def _predict_output_is_input_dir(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(ckpt, inp.parent, inp.parent), ['is the --input directory']
+
+
 def _predict_missing_checkpoint(root, _):
   inp = _depth_npy(root / 'in' / 'scan.npy')
   return _predict(root / 'no_such_run', inp, root / 'out'), [str(root / 'no_such_run')]
@@ -365,6 +370,7 @@ CASES = [
     Case('predict-output-under-a-file', 'predict', _predict_output_under_a_file),
     Case('predict-norm-overflows-float32', 'predict', _predict_norm_overflows),
     Case('predict-tile-too-small', 'predict', _predict_tile_too_small),
+    Case('predict-output-is-input-dir', 'predict', _predict_output_is_input_dir),
     Case('predict-16bit-mm-for-relative-checkpoint', 'predict', _predict_mm_for_relative_checkpoint),
     Case('builder-missing-manual-dir', 'builder', _builder_missing_manual_dir),
     Case('builder-empty-manual-dir', 'builder', _builder_empty_manual_dir),
