@@ -21,14 +21,6 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard 
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 
 
-def _hide_tf_accelerators():
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')
-  except Exception:  # pylint: disable=broad-except
-    pass
-
-
 def run(config, workdir: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -66,7 +58,6 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     print('error: --config and --workdir are required', file=sys.stderr)
     return 2
-  _hide_tf_accelerators()
   logging.info('workdir %s', FLAGS.workdir)
   return run(FLAGS.config, FLAGS.workdir)
 

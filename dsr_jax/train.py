@@ -10,8 +10,6 @@ import threading
 import time
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -210,6 +208,15 @@ def check_resume_config(config, workdir: str) -> bool:
                     'were trained with, or give another --workdir')
 
 
+def _keep_tf_off_accelerators():
+  # TF (clu's TensorBoard writer) would otherwise reserve GPU memory that JAX needs.
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in workdir) and returns the final validation summary."""
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
@@ -241,6 +248,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # The validation split too is opened before anything is written: a missing or empty one fails now, with
   # no workdir left behind, not after the whole run.
   val_data = val_dataset(config)
+  # clu's writer and actions import TensorFlow (~4 s): only once every check above has passed.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  _keep_tf_off_accelerators()
   os.makedirs(workdir, exist_ok=True)
 
   mngr = checkpointing.manager(workdir, config.ckpt.keep)
