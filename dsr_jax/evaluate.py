@@ -68,9 +68,9 @@ import numpy as np
 from scipy import ndimage
 
 from dsr_jax import paths
+from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
-from dsr_jax import xla_options
 from input_pipeline import degradation
 
 BUCKET = 32

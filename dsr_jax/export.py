@@ -17,10 +17,10 @@ import shutil
 import sys
 import tempfile
 
-from dsr_jax.errors import one_line
 from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
+from dsr_jax.errors import one_line
 
 
 def _inside(path: str, root: str) -> bool:

@@ -151,10 +151,10 @@ def list_inputs(path: str) -> list[pathlib.Path]:
   return [p]
 
 
-def check_inputs(paths: list[pathlib.Path]) -> list[DepthInput]:
+def check_inputs(files: list[pathlib.Path]) -> list[DepthInput]:
   """Decodes every input once (all errors surface before anything is written)."""
   out, kept = [], 0
-  for path in paths:
+  for path in files:
     a, kind = read_depth(path)
     holes = hole_mask(a)
     if holes.all():
