@@ -53,3 +53,10 @@ def fast_xla():
   """Opt-in (pytestmark = pytest.mark.usefixtures('fast_xla')): compile with most optimisations off."""
   with fast_compile():
     yield
+
+
+@pytest.fixture(scope='module')
+def fast_xla_module():
+  """fast_xla for a whole module, its module-scoped fixtures' compilations included (list it first)."""
+  with fast_compile():
+    yield

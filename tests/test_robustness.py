@@ -36,6 +36,8 @@ def env(tmp_path_factory):
       'JAX_COMPILATION_CACHE_DIR': str(tmp_path_factory.mktemp('xla_cache')),
       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
       'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
+      # As the in-process tests' fast_xla: what is checked (bit-identical resumes) holds at any setting.
+      'JAX_DISABLE_MOST_OPTIMIZATIONS': '1',
   })
   return e
 

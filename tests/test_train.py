@@ -18,6 +18,10 @@ from dsr_jax import state as state_lib
 from dsr_jax import steps
 from dsr_jax import train
 
+# Compile with most optimisations off, module fixtures (the smoke run) included: every check here compares
+# runs made under the same setting.
+pytestmark = pytest.mark.usefixtures('fast_xla_module')
+
 
 def _batch(cfg, n=8, seed=0):
   s, crop = cfg.model.scale, cfg.data.crop
