@@ -8,17 +8,16 @@ import time
 
 from configs import default
 from dsr_jax import errors
-from dsr_jax.errors import positive_int
 from input_pipeline import pipeline
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--dataset', default='synthetic_rgbd', help="data.name ('a+b' mixes allowed)")
-  parser.add_argument('--crop', type=positive_int, default=256, help='HR crop side (data.crop)')
+  parser.add_argument('--crop', type=errors.positive_int, default=256, help='HR crop side (data.crop)')
   parser.add_argument('--scale', type=int, default=4, help='model.scale')
-  parser.add_argument('--batch', type=positive_int, default=16, help='global batch (train.batch_size)')
+  parser.add_argument('--batch', type=errors.positive_int, default=16, help='global batch (train.batch_size)')
   parser.add_argument('--workers', type=int, default=0, help='grain worker processes (data.workers)')
-  parser.add_argument('--iters', type=positive_int, default=50, help='timed batches')
+  parser.add_argument('--iters', type=errors.positive_int, default=50, help='timed batches')
   parser.add_argument('--warmup', type=int, default=3, help='untimed batches first')
   parser.add_argument('--data-dir', default='', help='manual data directory (data.dir; default $DSR_DATA_DIR)')
   parser.add_argument('--seed', type=int, default=0)

@@ -124,20 +124,18 @@ def _synthetic_source(data_config, split: str):
   from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   cfg = data_config.synthetic
   size = cfg.size
-  if isinstance(size, int) and not isinstance(size, bool):
+  positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
+  if positive(size):
     height = width = size
-  elif isinstance(size, (tuple, list)) and len(size) == 2 and all(
-      isinstance(v, int) and not isinstance(v, bool) for v in size):
+  elif isinstance(size, (tuple, list)) and len(size) == 2 and all(map(positive, size)):
     height, width = size
   else:
-    height = width = 0
-  if min(height, width) < 1:
     raise ConfigError(f'data.synthetic.size={size!r}: expected a positive int or (height, width)')
   if split not in ('train', 'validation', 'test'):
     raise DataError(f"dataset 'synthetic_rgbd' has no split {split!r} (splits: train, validation, test)")
   field = 'num_train' if split == 'train' else 'num_val'
   count = cfg[field]
-  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+  if not positive(count):
     raise ConfigError(f'data.synthetic.{field}={count!r}: expected a positive integer')
   offset = SYNTHETIC_TRAIN_SEED_OFFSET if split == 'train' else SYNTHETIC_VAL_SEED_OFFSET
   return synthetic.SyntheticSource(count, height, width, offset)

@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     # The readers name the training config's fields; here the user typed these flags.
     text = ' '.join(str(e).split())
     for field, flag in (('data.dir', '--manual_dir'), ('data.name', '--dataset')):
-      text = text.replace(f'{field} ', f'{flag} ').replace(f'in {field} ', f'in {flag} ')
+      text = text.replace(f'{field} ', f'{flag} ')
     print(f'error: {text}', file=sys.stderr)
     return 2
   return 0
