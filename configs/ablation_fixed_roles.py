@@ -4,5 +4,5 @@ from configs import default
 
 def get_config(arg=None):
   c = default.get_config(arg)
-  c.train.fixed_teacher = 'denet'
+  c.train.roles = 'fixed_denet'
   return c

@@ -29,9 +29,8 @@ def get_config(arg=None):
       raise ValueError(f'configs/cpu_real.py: unknown argument {token!r} (expected x2|x4|x8|x16 and one of '
                        f'{"|".join(_VARIANTS)}, e.g. cpu_real.py:x4,wo_ct)')
   c = default.get_config()
-  c.data.name = 'middlebury_lu*8+rgbdd'
-  # Validate on the 4 held-out Middlebury/Lu images (disparity, like the benchmark): 44 mixed images cost a
-  # minute per validation here, and their MAD would mix 0-255 disparity with millimetres.
+  c.data.name = 'middlebury_lu'
+  # Validate on the 4 held-out Middlebury/Lu images (disparity, like the benchmark).
   c.data.val_name = 'middlebury_lu'
   c.model.scale = scale
   # A quarter of the paper's width: 0.36 M DSRNet parameters at x4; ~0.3 s a CT step on the 2-core machine.
@@ -56,5 +55,5 @@ def get_config(arg=None):
     c.model.use_denet = False
     c.model.use_spnet = False
   elif variant == 'fixed':
-    c.train.fixed_teacher = 'denet'
+    c.train.roles = 'fixed_denet'
   return c

@@ -538,7 +538,8 @@ def run(config, workdir: str) -> dict:
 
     def predict(lr):
       return super_resolve(models.dsr, params['dsr'], lr, tile=tile, overlap=overlap, ensemble=ensemble)
-    if 'denet' in params and models.denet is not None:
+    # Monocular DE metrics only for an RGB-only DENet (Revision 2, rule 5): an 'rgbd' one also saw the LR.
+    if 'denet' in params and models.denet is not None and not models.denet.depth_input:
       denet, denet_params = models.denet, params['denet']
       estimate = lambda rgb: estimate_depth(denet, denet_params, rgb, tile=tile)
   files = report_files(workdir, dataset, scale, name, info.get('dir', ''))

@@ -68,18 +68,32 @@ def adaptive_avg_pool(f, p: int):
   return f
 
 
-def affinity(f, p: int):
-  """A(F) = softmax_rows(R R^T), R the (h*w) x C matrix of F average-pooled to p x p."""
+def affinity(f, p: int, kind: str = 'raw', tau: float = 0.1):
+  """Row-softmax affinity of F average-pooled to p x p; R is the (h*w) x C matrix of pooled features.
+
+  'raw': softmax_rows(R R^T) (the first version). 'cosine': R's rows L2-normalised after pooling, then
+  softmax_rows(R R^T / tau) (Revision 2, rule 3).
+  """
   f = adaptive_avg_pool(f.astype(jnp.float32), p)
   r = f.reshape(f.shape[0], -1, f.shape[-1])
+  if kind == 'cosine':
+    r = r / jnp.maximum(jnp.linalg.norm(r, axis=-1, keepdims=True), 1e-12)
+    return jax.nn.softmax(jnp.einsum('bic,bjc->bij', r, r) / tau, axis=-1)
   return jax.nn.softmax(jnp.einsum('bic,bjc->bij', r, r), axis=-1)
 
 
-def affinity_l1(f_a, f_b, valid, p: int):
-  """mean |A(F_a) - A(F_b)| with rows and columns weighted by the pooled valid fraction."""
+def affinity_l1(f_a, f_b, valid, p: int, kind: str = 'raw', tau: float = 0.1):
+  """|A(F_a) - A(F_b)| with rows and columns weighted by the pooled valid fraction.
+
+  'raw': the weighted mean over all (row, column) entries. 'cosine': per row, the weighted sum over columns
+  (an L1 distance between two distributions, in [0, 2]), then the weighted mean over rows, so the size of
+  the term does not shrink with p^2.
+  """
   v = adaptive_avg_pool(valid, p).reshape(valid.shape[0], -1)
   w = v[:, :, None] * v[:, None, :]
-  diff = jnp.abs(affinity(f_a, p) - affinity(f_b, p))
+  diff = jnp.abs(affinity(f_a, p, kind, tau) - affinity(f_b, p, kind, tau))
+  if kind == 'cosine':
+    return jnp.sum(diff * w) / jnp.maximum(jnp.sum(v), 1e-6)
   return jnp.sum(diff * w) / jnp.maximum(jnp.sum(w), 1e-6)
 
 
@@ -88,9 +102,9 @@ def side_l1(sides_a, sides_b, valid):
   return sum(l1(a, b, valid) for a, b in zip(sides_a, sides_b)) / len(sides_a)
 
 
-def feature_affinity(feats_a, feats_b, valid, p: int):
-  """Affinity-space distillation: (1/T) sum_n mean |A(F^n_a) - A(F^n_b)|."""
-  return sum(affinity_l1(a, b, valid, p) for a, b in zip(feats_a, feats_b)) / len(feats_a)
+def feature_affinity(feats_a, feats_b, valid, p: int, kind: str = 'raw', tau: float = 0.1):
+  """Affinity-space distillation: (1/T) sum_n L_A(F^n_a, F^n_b) (see affinity_l1)."""
+  return sum(affinity_l1(a, b, valid, p, kind, tau) for a, b in zip(feats_a, feats_b)) / len(feats_a)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

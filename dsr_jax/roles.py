@@ -1,53 +1,134 @@
-"""Phases and the role exchange (ARCHITECTURE.md "Schedule").
+"""Phases as data, and the role exchange (ARCHITECTURE.md "Schedule" and Revision 2).
 
-There are three compiled train steps, one per phase: stage 1 (both depth nets on their own losses),
-DSR-student (DENet is the frozen teacher) and DE-student (DSRNet is the frozen teacher). The phase is a
-static argument of the step, so a role switch picks another already-compiled step and never recompiles.
+A `Phase` says which networks' optimizers step and which loss terms make up the objective: each `Term` has
+a weight and the networks its gradient may reach ("reach"). `steps.loss_fn` sums the weighted terms and
+cuts (stop_gradient) every other network's outputs out of a term; it never looks at a phase's name. The
+phases are built once from the config (`make_phases`), so the routing table of Revision 2 lives here only.
+
+Compiled train steps: stage 1, DSR-student and DE-student (plus 'mutual' for train.roles='mutual' only, or
+'dsr_only' for "w/o CT"). The phase is a static argument of the step, so a role switch picks another
+already-compiled step and never recompiles.
 """
 import dataclasses
+import math
 
 from dsr_jax.errors import ConfigError
 
-DSR, DENET = 0, 1  # Teacher codes stored in the train state; -1 = no teacher (stage 1).
-NO_TEACHER = -1
+# Teacher codes stored in the train state and logged as train/teacher.
+NO_TEACHER = -1  # stage 1 (and "w/o CT")
+DSR, DENET = 0, 1
+MUTUAL = 2  # train.roles='mutual': both networks teach and learn in every step
+
+ROLES = ('rule', 'fixed_denet', 'fixed_dsr', 'mutual')
+TEACHER_UPDATES = ('task', 'frozen')
+NET_NAMES = {'dsr': 'DSRNet', 'denet': 'DENet', 'spnet': 'SPNet'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """total += weight * value of the loss term `name`.
+
+  reach: ((net, factor), ...): the networks whose parameters this term's gradient may reach; a net there
+    receives factor * weight of the term's gradient. Factors other than 1 are only allowed for a net that
+    this term alone uses (SPNet learns L_struct at unit weight while the depth nets see rho1 * L_struct).
+    Every other network's outputs enter the term under stop_gradient.
+  student: for the distillation terms 'out' and 'aff', the network that learns ('dsr' or 'denet'); the
+    other one is the teacher, whose outputs are targets.
+  """
+  name: str  # 'dsr' | 'de' | 'out' | 'aff' | 'struct'
+  weight: float
+  reach: tuple[tuple[str, float], ...]
+  student: str = ''
+
+  @property
+  def nets(self) -> tuple[str, ...]:
+    return tuple(n for n, _ in self.reach)
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
   name: str
-  trainable: tuple[tuple[str, bool], ...]  # ((net, bool), ...): hashable, so the phase can be static.
+  trainable: tuple[tuple[str, bool], ...]  # ((net, bool), ...): the optimizer mask
+  terms: tuple[Term, ...] = ()
+  teacher: int = NO_TEACHER
 
   @property
   def train(self) -> dict:
     return dict(self.trainable)
 
   @property
-  def student(self) -> str:
-    return {'dsr_student': 'dsr', 'de_student': 'denet'}.get(self.name, '')
+  def students(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.student for t in self.terms if t.student))
 
 
-def _phase(name, dsr, denet, spnet):
-  return Phase(name, (('dsr', dsr), ('denet', denet), ('spnet', spnet)))
+def _other(net: str) -> str:
+  return 'denet' if net == 'dsr' else 'dsr'
 
 
-STAGE1 = _phase('stage1', True, True, False)
-DSR_STUDENT = _phase('dsr_student', True, False, True)
-DE_STUDENT = _phase('de_student', False, True, True)
-DSR_ONLY = _phase('dsr_only', True, False, False)  # "w/o CT": DSRNet alone on L_DSR.
-PHASES = {p.name: p for p in (STAGE1, DSR_STUDENT, DE_STUDENT, DSR_ONLY)}
+def _trainable(dsr, denet, spnet):
+  return (('dsr', dsr), ('denet', denet), ('spnet', spnet))
 
 
-def pick_teacher(e_dsr: float, e_de: float, fixed: str = '') -> int:
-  """The network with the LOWER mean error of the previous round teaches; ties go to DSRNet."""
-  if fixed:
-    return {'dsr': DSR, 'denet': DENET}[fixed]
+def _distill(loss_cfg, student: str) -> tuple[Term, ...]:
+  terms = (Term('out', loss_cfg.rho2, ((student, 1.0),), student),)
+  if loss_cfg.use_affinity:
+    terms += (Term('aff', loss_cfg.rho2 * loss_cfg.gamma, ((student, 1.0),), student),)
+  return terms
+
+
+def _struct(loss_cfg, feature_nets) -> Term:
+  # SPNet always learns L_struct at unit weight; the depth nets' features see rho1 * L_struct. With rho1 = 0
+  # only SPNet learns it (the depth nets' inputs are cut off).
+  rho1 = loss_cfg.rho1
+  if rho1 <= 0:
+    return Term('struct', 1.0, (('spnet', 1.0),))
+  return Term('struct', rho1, (('spnet', 1.0 / rho1),) + tuple((n, 1.0) for n in feature_nets))
+
+
+def make_phases(config) -> dict:
+  """Every phase of this config, by name. The phases are static (hashable): one compiled step each."""
+  loss_cfg, t = config.loss, config.train
+  use_de = bool(config.model.use_denet)
+  use_sp = use_de and bool(config.model.use_spnet)
+  task = t.teacher_update == 'task'
+  dsr, de = Term('dsr', 1.0, (('dsr', 1.0),)), Term('de', 1.0, (('denet', 1.0),))
+  phases = {'dsr_only': Phase('dsr_only', _trainable(True, False, False), (dsr,))}
+  if not use_de:
+    return phases
+  phases['stage1'] = Phase('stage1', _trainable(True, True, False), (dsr, de))
+  for student, teacher_code, name in (('dsr', DENET, 'dsr_student'), ('denet', DSR, 'de_student')):
+    # 'frozen': the teacher has no optimizer step, no task loss and no gradient at all (Algorithm 1).
+    trains = {'dsr': student == 'dsr' or task, 'denet': student == 'denet' or task}
+    terms = tuple(x for x in (dsr, de) if trains[{'dsr': 'dsr', 'de': 'denet'}[x.name]])
+    terms += _distill(loss_cfg, student)
+    if use_sp:
+      terms += (_struct(loss_cfg, ('dsr', 'denet') if task else (student,)),)
+    phases[name] = Phase(name, _trainable(trains['dsr'], trains['denet'], use_sp), terms, teacher_code)
+  terms = (dsr, de) + _distill(loss_cfg, 'dsr') + _distill(loss_cfg, 'denet')
+  if use_sp:
+    terms += (_struct(loss_cfg, ('dsr', 'denet')),)
+  phases['mutual'] = Phase('mutual', _trainable(True, True, use_sp), terms, MUTUAL)
+  return phases
+
+
+def pick_teacher(e_dsr: float, e_de: float) -> int:
+  """Algorithm 1: the network with the LOWER mean error of the previous round teaches; ties go to DSRNet."""
   return DSR if e_dsr <= e_de else DENET
 
 
-def phase_for(teacher: int, cross_task: bool = True) -> Phase:
+def role_rule(roles: str):
+  """(e_dsr, e_de) -> teacher code for train.roles."""
+  fixed = {'fixed_denet': DENET, 'fixed_dsr': DSR, 'mutual': MUTUAL}
+  if roles in fixed:
+    code = fixed[roles]
+    return lambda e_dsr, e_de: code
+  return pick_teacher
+
+
+def phase_for(phases: dict, teacher: int, cross_task: bool = True) -> Phase:
   if not cross_task:
-    return DSR_ONLY
-  return {NO_TEACHER: STAGE1, DSR: DE_STUDENT, DENET: DSR_STUDENT}[teacher]
+    return phases['dsr_only']
+  return phases[{NO_TEACHER: 'stage1', DSR: 'de_student', DENET: 'dsr_student', MUTUAL: 'mutual'}[teacher]]
 
 
 def is_round_start(step: int, stage1_steps: int, round_steps: int) -> bool:
@@ -55,16 +136,36 @@ def is_round_start(step: int, stage1_steps: int, round_steps: int) -> bool:
   return step >= stage1_steps and (step - stage1_steps) % round_steps == 0
 
 
-def validate(train_cfg, cross_task: bool) -> None:
-  t = train_cfg
+def _finite_number(name: str, v, lo: float = 0.0, strict: bool = False) -> None:
+  ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+      v > lo if strict else v >= lo)
+  if not ok:
+    raise ConfigError(f'{name}={v!r}: expected a finite number {">" if strict else ">="} {lo:g}')
+
+
+def validate(config, cross_task: bool) -> None:
+  t, l = config.train, config.loss
   for name in ('num_steps', 'round_steps', 'batch_size'):
     if not isinstance(t[name], int) or t[name] < 1:
       raise ConfigError(f'train.{name}={t[name]!r}: expected a positive integer')
   if not isinstance(t.stage1_steps, int) or not 0 <= t.stage1_steps <= t.num_steps:
     raise ConfigError(f'train.stage1_steps={t.stage1_steps!r}: expected an integer in [0, train.num_steps]')
-  if t.fixed_teacher not in ('', 'dsr', 'denet'):
-    raise ConfigError(f"train.fixed_teacher={t.fixed_teacher!r}: expected '', 'dsr' or 'denet'")
-  if cross_task and not t.fixed_teacher and t.stage1_steps == 0:
+  if t.roles not in ROLES:
+    raise ConfigError(f'train.roles={t.roles!r}: expected one of {", ".join(map(repr, ROLES))}')
+  if t.teacher_update not in TEACHER_UPDATES:
+    raise ConfigError(f'train.teacher_update={t.teacher_update!r}: expected one of '
+                      f'{", ".join(map(repr, TEACHER_UPDATES))}')
+  if t.roles == 'mutual' and t.teacher_update == 'frozen':
+    raise ConfigError("train.roles='mutual' with train.teacher_update='frozen': in mutual transfer both "
+                      "networks learn in every step; expected teacher_update='task' (or another train.roles)")
+  if cross_task and t.roles == 'rule' and t.stage1_steps == 0:
     # The first round's teacher is picked by the warm-up's errors; without any, an untrained net would teach.
     raise ConfigError('train.stage1_steps=0: cross-task training picks its first teacher from the warm-up '
-                      "stage's errors; expected stage1_steps >= 1 (or a train.fixed_teacher)")
+                      "stage's errors; expected stage1_steps >= 1 (or train.roles other than 'rule')")
+  for name in ('rho1', 'rho2', 'gamma', 'side_weight', 'ssim_lambda'):
+    _finite_number(f'loss.{name}', l[name])
+  if l.ssim_lambda > 1:
+    raise ConfigError(f'loss.ssim_lambda={l.ssim_lambda!r}: expected a number in [0, 1]')
+  if l.affinity not in ('cosine', 'raw'):
+    raise ConfigError(f"loss.affinity={l.affinity!r}: expected 'cosine' or 'raw'")
+  _finite_number('loss.affinity_tau', l.affinity_tau, strict=True)

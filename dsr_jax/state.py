@@ -26,7 +26,8 @@ def init_params(models, key, scale: int, size: int = 16):
   hr = size * scale
   params = {'dsr': models.dsr.init(k_dsr, jnp.zeros((1, size, size, 1)), train=True)['params']}
   if models.denet is not None:
-    params['denet'] = models.denet.init(k_de, jnp.zeros((1, hr, hr, 3)), train=True)['params']
+    params['denet'] = models.denet.init(k_de, jnp.zeros((1, hr, hr, 3)), jnp.zeros((1, size, size, 1)),
+                                        train=True)['params']
   if models.spnet is not None:
     c = models.spnet.channels
     f, d = jnp.zeros((1, hr, hr, c)), jnp.zeros((1, hr, hr, 1))

@@ -1,7 +1,8 @@
 """Pure, jit-able step functions. The phase (roles.Phase) is static: one compiled step per phase.
 
-The teacher's parameters enter through `stop_gradient`, so its backward pass is never built; its outputs
-are constants for the student's distillation terms.
+A network that does not train in a phase enters through `stop_gradient` of its parameters, so its backward
+pass is never built. Within a phase, each loss term sees the outputs of the networks outside its reach as
+constants: distillation targets never pass a gradient to the teacher (Revision 2, rule 2).
 """
 import collections
 from typing import Any
@@ -19,7 +20,8 @@ from dsr_jax.state import TrainState
 TRACES = collections.Counter()
 
 # Logged loss terms, in the order used by TrainState.bad_term.
-TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de')
+# New names are appended: a checkpoint's bad_term indexes this tuple.
+TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_dsr', 'side_de')
 
 
 def make_lr(batch, scale: int, method: str):
@@ -27,49 +29,100 @@ def make_lr(batch, scale: int, method: str):
   return degradation.downsample(batch['hr_depth'], scale, method, xp=jnp)
 
 
-def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int):
-  """Returns (total, terms) for one phase."""
-  tr = phase.train
-  sg = lambda net: params[net] if tr[net] else jax.lax.stop_gradient(params[net])
+def _cut(outputs: dict, nets) -> dict:
+  """The networks' outputs as one term sees them: those of networks outside its reach are constants."""
+  return {k: o if k in nets else jax.lax.stop_gradient(o) for k, o in outputs.items()}
+
+
+def _side_l1(sides, hr, v):
+  return sum(losses.l1(s, hr, v) for s in sides) / len(sides)
+
+
+def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg):
+  """The raw value of one loss term on `outs` (the networks' train-mode outputs)."""
   hr, v = batch['hr_depth'], batch['valid']
-  lr = batch['lr_depth']
-  sr = models.dsr.apply({'params': sg('dsr')}, lr, train=True)
+  o = _cut(outs, term.nets)
+  sw = loss_cfg.side_weight
+  if term.name == 'dsr':  # L_DSR (+ side supervision, Revision 2 rule 1)
+    value = losses.l1(o['dsr']['depth'], hr, v)
+    return value + sw * _side_l1(o['dsr']['sides'], hr, v) if sw else value
+  if term.name == 'de':  # L_DE = SSIM + L1 (+ side supervision)
+    value = losses.de_loss(o['denet']['depth'], hr, v, loss_cfg.ssim_lambda)
+    return value + sw * _side_l1(o['denet']['sides'], hr, v) if sw else value
+  if term.name == 'struct':
+    factor = dict(term.reach)['spnet']
+    sp_params = losses.scale_gradient(params['spnet'], factor) if factor != 1.0 else params['spnet']
+    d_sr, d_de = o['dsr']['depth'], o['denet']['depth']
+    if loss_cfg.detach_uncertainty:  # Revision 2 rule 4: the uncertainty branch sees constant depths
+      d_sr, d_de = jax.lax.stop_gradient((d_sr, d_de))
+    s_pred = models.spnet.apply({'params': sp_params}, o['dsr']['feats'][-1], o['denet']['feats'][-1],
+                                d_sr, d_de, hr)
+    return losses.l1(s_pred, losses.gradient_magnitude(hr), losses.gradient_valid(v))
+  student, teacher = o[term.student], o[_other(term.student)]
+  if term.name == 'out':  # L_O towards the teacher's side outputs
+    return losses.side_l1(student['sides'], teacher['sides'], v)
+  if term.name == 'aff':  # L_A towards the teacher's feature affinities
+    return losses.feature_affinity(student['feats'], teacher['feats'], v, loss_cfg.affinity_pool,
+                                   kind=loss_cfg.affinity, tau=loss_cfg.affinity_tau)
+  raise ValueError(f'unknown loss term {term.name!r}')
+
+
+def _other(net: str) -> str:
+  return 'denet' if net == 'dsr' else 'dsr'
+
+
+def forward(params, batch, *, models):
+  """Train-mode outputs of the depth networks: {'dsr': {...}, 'denet': {...}} (DENet absent for w/o CT)."""
+  outs = {'dsr': models.dsr.apply({'params': params['dsr']}, batch['lr_depth'], train=True)}
+  if models.denet is not None:
+    outs['denet'] = models.denet.apply({'params': params['denet']}, batch['rgb'], batch['lr_depth'],
+                                       train=True)
+  return outs
+
+
+def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int, parts: bool = False):
+  """Returns (total, logged terms), or with parts=True (total, logged terms, {term: weight * value}).
+
+  total = sum of the phase's terms, weight * value, in the phase's order. A network that does not train in
+  this phase enters as a constant (stop_gradient of its parameters: no backward pass is built for it).
+  """
+  del scale
+  tr = phase.train
+  params = {k: p if tr.get(k, False) else jax.lax.stop_gradient(p) for k, p in params.items()}
+  hr, v = batch['hr_depth'], batch['valid']
+  outs = forward(params, batch, models=models)
   zero = jnp.zeros((), jnp.float32)
   t = dict.fromkeys(TERMS, zero)
-  t['dsr'] = t['e_dsr'] = losses.l1(sr['depth'], hr, v)
-  if phase.name == 'dsr_only':
-    t['total'] = t['dsr']
-    return t['total'], t
-  de = models.denet.apply({'params': sg('denet')}, batch['rgb'], train=True)
-  t['e_de'] = losses.l1(de['depth'], hr, v)
-  if tr['denet']:  # L_DE (with SSIM) only where DENet learns from it; a frozen teacher needs e_de alone
-    t['de'] = losses.de_loss(de['depth'], hr, v, loss_cfg.ssim_lambda)
-  if phase.name == 'stage1':
-    t['total'] = t['dsr'] + t['de']
-    return t['total'], t
-
-  student, teacher = (sr, de) if phase.student == 'dsr' else (de, sr)
-  teacher = jax.lax.stop_gradient(teacher)  # already constant (stop_gradient params); explicit for clarity
-  t['out'] = losses.side_l1(student['sides'], teacher['sides'], v)
-  if loss_cfg.use_affinity:
-    t['aff'] = losses.feature_affinity(student['feats'], teacher['feats'], v, loss_cfg.affinity_pool)
-  distill = t['out'] + loss_cfg.gamma * t['aff']
-  task = t['dsr'] if phase.student == 'dsr' else t['de']
-  total = task + loss_cfg.rho2 * distill
-  if models.spnet is not None:
-    rho1 = loss_cfg.rho1
-    # SPNet always trains on L_struct itself; the student sees rho1 * L_struct. One SPNet pass serves both:
-    # SPNet's parameter gradient is rescaled by 1 / rho1 (or the features are cut off when rho1 = 0).
-    sp_params = losses.scale_gradient(params['spnet'], 1.0 / rho1) if rho1 > 0 else params['spnet']
-    feats = (sr['feats'][-1], de['feats'][-1], sr['depth'], de['depth'])
-    if rho1 <= 0:
-      feats = jax.lax.stop_gradient(feats)
-    s_pred = models.spnet.apply({'params': sp_params}, *feats, hr)
-    s_gt = losses.gradient_magnitude(hr)
-    t['struct'] = losses.l1(s_pred, s_gt, losses.gradient_valid(v))
-    total = total + (rho1 if rho1 > 0 else 1.0) * t['struct']
+  t['e_dsr'] = losses.l1(outs['dsr']['depth'], hr, v)
+  if 'denet' in outs:
+    t['e_de'] = losses.l1(outs['denet']['depth'], hr, v)
+  if loss_cfg.side_weight:  # logged only: how close the side heads come to the main output's error
+    t['side_dsr'] = _side_l1(jax.lax.stop_gradient(outs['dsr']['sides']), hr, v)
+    if 'denet' in outs:
+      t['side_de'] = _side_l1(jax.lax.stop_gradient(outs['denet']['sides']), hr, v)
+  total, weighted = None, {}
+  for term in phase.terms:
+    value = _term_value(term, outs, params, batch, models=models, loss_cfg=loss_cfg)
+    t[term.name] = t[term.name] + value if term.name in ('out', 'aff') else value
+    part = value if term.weight == 1.0 else term.weight * value
+    weighted[term.name] = weighted[term.name] + part if term.name in weighted else part
+    total = part if total is None else total + part
   t['total'] = total
-  return total, t
+  return (total, t, weighted) if parts else (total, t)
+
+
+def term_grad_norms(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int):
+  """{term: {net: global norm}} of the gradient each weighted term of the phase sends into each network.
+
+  The same loss_fn and routing as the train step (frozen networks get zero), before gradient clipping.
+  """
+  names = tuple(dict.fromkeys(term.name for term in phase.terms))
+  out = {}
+  for name in names:
+    grads = jax.grad(lambda p, n=name: loss_fn(p, batch, models=models, phase=phase, loss_cfg=loss_cfg,
+                                                  scale=scale, parts=True)[2][n])(params)
+    out[name] = {net: optax.tree.norm(g) for net, g in grads.items()}
+  return out
 
 
 def train_step(state: TrainState, batch, *, models, tx, phase: roles.Phase, loss_cfg, scale: int,
@@ -100,8 +153,3 @@ def start_round(state: TrainState, teacher) -> TrainState:
   mean = state.err_sum / jnp.maximum(state.err_count, 1).astype(jnp.float32)
   return state.replace(prev_err=mean, teacher=jnp.asarray(teacher, jnp.int32),
                        err_sum=jnp.zeros_like(state.err_sum), err_count=jnp.zeros_like(state.err_count))
-
-
-def predict(models, params, lr):
-  """Test-time DSRNet (no side heads, no RGB)."""
-  return models.dsr.apply({'params': params['dsr'] if 'dsr' in params else params}, lr)

@@ -37,17 +37,37 @@ def cross_task(config) -> bool:
 
 
 def validate(config) -> None:
-  roles.validate(config.train, cross_task(config))
+  roles.validate(config, cross_task(config))
   models_lib.build(config.model)
   if config.ckpt.every_steps < 1 or config.ckpt.keep < 1:
     raise ConfigError(f'ckpt.every_steps={config.ckpt.every_steps}, ckpt.keep={config.ckpt.keep}: '
                       'expected positive integers')
   if config.data.get('lr_on_device', False) and config.data.noise_sigma > 0:
     raise ConfigError('data.noise_sigma > 0 needs data.lr_on_device=False (the noise is added on the host)')
+  if cross_task(config):
+    _check_one_convention(config.data.name)
   n = jax.device_count()
   if config.train.batch_size % n:
     raise ConfigError(f'train.batch_size={config.train.batch_size}: expected a multiple of the '
                       f'device count {n}')
+
+
+def _check_one_convention(name: str) -> None:
+  # Revision 2, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
+  # one training mix would ask it for two contradictory mappings.
+  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  try:
+    mix = readers.parse_mix(name)
+  except Exception:  # pylint: disable=broad-except
+    return  # the data pipeline reports a malformed name with its own message
+  found = {}
+  for n, _ in mix:
+    if n in readers.DATASETS:
+      found.setdefault(readers.DATASETS[n].convention, []).append(n)
+  if len(found) > 1:
+    kinds = '; '.join(f'{k}: {", ".join(v)}' for k, v in sorted(found.items()))
+    raise ConfigError(f'data.name={name!r}: cross-task training would teach DENet two depth conventions '
+                      f'({kinds}); expected datasets of one convention (or model.use_denet=False)')
 
 
 class Prefetcher:
@@ -217,8 +237,12 @@ def _keep_tf_off_accelerators():
     pass
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from the latest checkpoint in workdir) and returns the final validation summary."""
+def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
+  """Trains (resuming from the latest checkpoint in workdir) and returns the final validation summary.
+
+  role_rule: (e_dsr, e_de) of the finished round -> the next round's teacher code (roles.DSR, DENET or
+  MUTUAL); default roles.role_rule(config.train.roles). Tests pass one to force role switches.
+  """
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   validate(config)
   paths.check_dir_target(workdir, '--workdir')
@@ -272,7 +296,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # One compiled step per phase; phases are static, so a role switch never recompiles.
   lr_method = config.data.degrade if config.data.get('lr_on_device', False) else ''
-  jitted = {}
+  phases = roles.make_phases(config)
+  pick = role_rule or roles.role_rule(tcfg.roles)
+  jitted, jitted_grads = {}, {}
 
   def step_fn(phase):
     if phase.name not in jitted:
@@ -281,6 +307,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       jitted[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=(repl, repl),
                                    donate_argnums=0, compiler_options=xla_options.compiler_options())
     return jitted[phase.name]
+
+  def grads_fn(phase):
+    # Diagnostics only, at log steps: its own compiled function, so the train step stays as it is.
+    if phase.name not in jitted_grads:
+      fn = functools.partial(steps.term_grad_norms, models=models, phase=phase, loss_cfg=config.loss,
+                             scale=scale)
+      if lr_method:
+        fn = _with_lr(fn, scale, lr_method)
+      jitted_grads[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=repl,
+                                         compiler_options=xla_options.compiler_options())
+    return jitted_grads[phase.name]
 
   new_round = jax.jit(steps.start_round, out_shardings=repl, donate_argnums=0)
   images_fn = jax.jit(functools.partial(image_summaries, models, scale=scale))
@@ -313,12 +350,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       for step in range(start, tcfg.num_steps):
         if is_ct and roles.is_round_start(step, tcfg.stage1_steps, tcfg.round_steps):
           s_ = jax.device_get(state.err_sum) / max(int(jax.device_get(state.err_count)), 1)
-          teacher = roles.pick_teacher(float(s_[0]), float(s_[1]), tcfg.fixed_teacher)
+          teacher = pick(float(s_[0]), float(s_[1]))
           state = new_round(state, teacher)
         elif not is_ct or step < tcfg.stage1_steps:
           if step % tcfg.round_steps == 0 and step > 0:
             state = new_round(state, roles.NO_TEACHER)
-        phase = roles.phase_for(teacher if is_ct and step >= tcfg.stage1_steps else roles.NO_TEACHER, is_ct)
+        phase = roles.phase_for(phases, teacher if is_ct and step >= tcfg.stage1_steps else roles.NO_TEACHER,
+                                is_ct)
         batch, last_data_state = prefetch.get()
         state, terms = step_fn(phase)(state, batch)
         acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
@@ -339,6 +377,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
           counts = jax.device_get(optim.update_counts(state.opt_state, nets))
           for k, v in optim.learning_rates(config, counts).items():
             vals[f'train/lr_{k}'] = v
+          if tcfg.grad_diagnostics:
+            for term, per_net in jax.device_get(grads_fn(phase)(state.params, batch)).items():
+              vals.update({f'grad/{term}/{net}': float(g) for net, g in per_net.items()})
           writer.write_scalars(done, vals)
           acc, n_acc = None, 0
         if done % tcfg.image_every == 0 or is_last:
@@ -365,6 +406,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mngr.close()
     best_mngr.close()
   return summary
+
+
+def _with_lr(fn, scale: int, method: str):
+  def wrapped(params, batch):
+    return fn(params, dict(batch, lr_depth=steps.make_lr(batch, scale, method)))
+  return wrapped
 
 
 def _check_finite(state):

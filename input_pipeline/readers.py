@@ -69,6 +69,11 @@ class DatasetInfo:
   splits: tuple[str, ...]
   layout: str
 
+  @property
+  def convention(self) -> str:
+    """'disparity' (near = large) or 'depth' (near = small): what DENet must learn to predict from RGB."""
+    return 'disparity' if self.unit.startswith('disparity') else 'depth'
+
 
 DATASETS = {
     'middlebury_lu': DatasetInfo(

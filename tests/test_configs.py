@@ -59,8 +59,8 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, flag, needle):
 def test_cpu_real_variants_share_data_and_steps():
   runs = {a: load_config('configs/cpu_real.py', a) for a in ('x4', 'x4,wo_ct', 'x4,fixed', 'x8', 'x8,wo_ct')}
   assert not runs['x4,wo_ct'].model.use_denet and not runs['x4,wo_ct'].model.use_spnet
-  assert runs['x4'].model.use_denet and runs['x4'].train.fixed_teacher == ''
-  assert runs['x4,fixed'].train.fixed_teacher == 'denet'
+  assert runs['x4'].model.use_denet and runs['x4'].train.roles == 'rule'
+  assert runs['x4,fixed'].train.roles == 'fixed_denet'
   assert runs['x8'].model.scale == 8 and runs['x8'].data.crop % 8 == 0
   for a, c in runs.items():
     same = runs[f'x{c.model.scale}']
@@ -87,7 +87,7 @@ def test_cross_task_needs_a_warm_up_stage():
   c.train.stage1_steps = 0  # No warm-up errors: the first round's teacher would be an untrained net.
   with pytest.raises(ConfigError, match='train.stage1_steps=0'):
     train.validate(c)
-  c.train.fixed_teacher = 'denet'
+  c.train.roles = 'fixed_denet'
   train.validate(c)
-  c.train.fixed_teacher, c.model.use_denet = '', False  # w/o CT has no roles to pick.
+  c.train.roles, c.model.use_denet = 'rule', False  # w/o CT has no roles to pick.
   train.validate(c)

@@ -11,6 +11,7 @@ from dsr_jax.models.dsrnet import validate
 from dsr_jax.models.spnet import SPNet
 
 NETS = ('dsr', 'denet', 'spnet')
+TEACHER_INPUTS = ('rgb', 'rgbd')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -32,11 +33,18 @@ def build(model_cfg) -> Models:
   dt = compute_dtype(model_cfg)
   validate(scale=model_cfg.scale, channels=model_cfg.channels, feat=model_cfg.feat,
            stages=model_cfg.stages, de_blocks=model_cfg.de_blocks, impl=model_cfg.get('bp_impl', 'polyphase'))
+  if model_cfg.get('teacher_input', 'rgb') not in TEACHER_INPUTS:
+    raise ConfigError(f'model.teacher_input={model_cfg.teacher_input!r}: expected one of '
+                      f'{", ".join(map(repr, TEACHER_INPUTS))}')
   dsr = DSRNet(scale=model_cfg.scale, channels=model_cfg.channels, feat=model_cfg.feat,
                stages=model_cfg.stages, residual=model_cfg.get('residual', True),
+               side_residual=model_cfg.get('side_residual', True),
                impl=model_cfg.get('bp_impl', 'polyphase'), dtype=dt)
   use_de = model_cfg.get('use_denet', True)
+  rgbd = model_cfg.get('teacher_input', 'rgb') == 'rgbd'
   denet = DENet(channels=model_cfg.channels, feat=model_cfg.feat, stages=model_cfg.stages,
-                blocks=model_cfg.de_blocks, dtype=dt) if use_de else None
+                blocks=model_cfg.de_blocks, dtype=dt, depth_input=rgbd,
+                residual=rgbd and model_cfg.get('teacher_residual', True),
+                scale=model_cfg.scale) if use_de else None
   spnet = SPNet(channels=model_cfg.channels, dtype=dt) if use_de and model_cfg.get('use_spnet', True) else None
   return Models(dsr, denet, spnet)

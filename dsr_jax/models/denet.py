@@ -19,19 +19,31 @@ class ResBlock(nn.Module):
 
 
 class DENet(nn.Module):
-  """Input (B, H, W, 3) RGB in [0, 1]. Same output convention as DSRNet (dict when train=True)."""
+  """Input (B, H, W, 3) RGB in [0, 1]. Same output convention as DSRNet (dict when train=True).
+
+  depth_input (Revision 2, rule 5, `model.teacher_input='rgbd'`): DENet also sees the bicubic-upsampled LR
+  depth (B, H/s, W/s, 1), as a fourth input channel; with `residual` that upsampling is also added to its
+  main and side outputs, as DSRNet does. Without depth_input the LR argument is ignored.
+  """
   channels: int = 64
   feat: int = 256
   stages: int = 4
   blocks: int = 2
   dtype: Any = jnp.float32
+  depth_input: bool = False
+  residual: bool = False
+  scale: int = 4
 
   def __post_init__(self):
     dsrnet.validate(channels=self.channels, feat=self.feat, stages=self.stages, de_blocks=self.blocks)
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, rgb, train: bool = False):
+  def __call__(self, rgb, lr=None, train: bool = False):
+    base = None
+    if self.depth_input:
+      base = dsrnet.bicubic_upsample(lr.astype(jnp.float32), self.scale)
+      rgb = jnp.concatenate([rgb.astype(jnp.float32), base], axis=-1)
     x = layers.Shallow(self.feat, self.channels, self.dtype, name='shallow')(rgb)
     feats = []
     for n in range(self.stages):
@@ -39,8 +51,13 @@ class DENet(nn.Module):
         x = ResBlock(self.channels, self.dtype, name=f'stage_{n}_block_{r}')(x)
       feats.append(x)
     out = layers.Conv(1, 3, self.dtype, name='tail')(feats).astype(jnp.float32)  # concatenated feats
+    add = base is not None and self.residual
+    if add:
+      out = out + base
     if not train:
       return out
     sides = [layers.SideHead(self.channels, self.dtype, name=f'side_{n}')(f).astype(jnp.float32)
              for n, f in enumerate(feats)]
+    if add:
+      sides = [d + base for d in sides]
     return {'depth': out, 'feats': feats, 'sides': sides}

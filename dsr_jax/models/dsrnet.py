@@ -25,6 +25,7 @@ class DSRNet(nn.Module):
   feat: int = 256
   stages: int = 4
   residual: bool = True
+  side_residual: bool = True  # side outputs carry the same bicubic residual (Revision 2, rule 1)
   impl: str = 'polyphase'
   dtype: Any = jnp.float32
 
@@ -46,12 +47,15 @@ class DSRNet(nn.Module):
       feats = [layers.groups_to_hr(f, s) for f in feats]
     out = layers.Conv(1, 3, self.dtype, name='tail')(feats)  # = conv of the concatenated feats
     out = out.astype(jnp.float32)
-    if self.residual:
-      out = out + bicubic_upsample(lr.astype(jnp.float32), s)
+    base = bicubic_upsample(lr.astype(jnp.float32), s) if self.residual else None
+    if base is not None:
+      out = out + base
     if not train:
       return out
     sides = [layers.SideHead(c, self.dtype, name=f'side_{n}')(f).astype(jnp.float32)
              for n, f in enumerate(feats)]
+    if base is not None and self.side_residual:
+      sides = [d + base for d in sides]
     return {'depth': out, 'feats': feats, 'sides': sides}
 
 

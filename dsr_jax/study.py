@@ -1,0 +1,304 @@
+"""Does cross-task transfer help? The seeded study: `python -m dsr_jax.study --rows A,D --seeds 0,1,2`.
+
+Every row trains `configs/cpu_real.py:x<scale>` (same data, crops, steps and DSRNet size) with the row's
+overrides, keeps the best checkpoint by validation MAD on the held-out middlebury_lu images, and is scored
+on the Middlebury 2005 benchmark. Each finished run stores, under `<out>/<row>_s<seed>/`:
+
+  config.json                 the training config as run
+  result.json                 validation MADs, wall time, the benchmark's mean and per-scene metrics, and the
+                              gradient diagnostics (mean over stage 2 of every grad/<term>/<net>)
+  eval_middlebury2005.json    the full evaluation report
+
+A run whose result.json exists is skipped, so an interrupted study carries on where it stopped. The table
+(`<out>/TABLE.md`, and the README's block between the ct_study markers when --readme is given) is written from
+these files only. Training directories go to --runs (never into git).
+
+Rows: a base row, optionally followed by '+modifier' changes (e.g. 'D+sw0.1'):
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from dsr_jax import errors
+
+# name: (cpu_real.py variant, {config override: value}, what it is)
+ROWS = {
+    'A': ('wo_ct', {'loss.side_weight': 0.0}, 'DSRNet alone (w/o CT), side_weight 0'),
+    'B': ('wo_ct', {'loss.side_weight': 1.0}, 'DSRNet alone, side_weight 1 (deep supervision, no partner)'),
+    'C': ('ct', {'train.roles': 'rule'}, "CT, Revision 2, roles 'rule', 'rgb' (the paper's reading)"),
+    'D': ('ct', {'train.roles': 'fixed_denet'}, "CT, Revision 2, roles 'fixed_denet', 'rgb'"),
+    'E': ('ct', {'train.roles': 'fixed_denet', 'model.teacher_input': 'rgbd'},
+          "CT, Revision 2, roles 'fixed_denet', 'rgbd' (colour-guided teacher)"),
+    'F': ('ct', {'train.roles': 'mutual'}, "CT, Revision 2, roles 'mutual', 'rgb'"),
+    'G': ('ct', {'train.roles': 'mutual', 'model.teacher_input': 'rgbd'}, "CT, Revision 2, roles 'mutual', 'rgbd'"),
+    'V1': ('ct', {'train.roles': 'rule', 'train.teacher_update': 'frozen', 'loss.affinity': 'raw',
+                  'loss.side_weight': 0.0, 'loss.detach_uncertainty': False, 'model.side_residual': False},
+           'the first version (configs/ablation_v1.py settings)'),
+}
+MODIFIERS = {
+    'sw0.1': ({'loss.side_weight': 0.1}, 'side_weight 0.1'),
+    'rho2_1': ({'loss.rho2': 1.0}, 'rho2 1.0'),
+    'nosp': ({'model.use_spnet': False}, 'no SPNet'),
+    'noaff': ({'loss.use_affinity': False}, 'no L_A'),
+}
+__doc__ += '\n'.join(f'  {k:3s} {v[2]}' for k, v in ROWS.items()) + '\n  modifiers: ' + ', '.join(
+    f'+{k} ({v[1]})' for k, v in MODIFIERS.items()) + '\n'
+
+SCENES = ('art', 'books', 'dolls', 'laundry', 'moebius', 'reindeer')
+README_BEGIN, README_END = '<!-- ct_study:begin -->', '<!-- ct_study:end -->'
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def row_spec(row: str, scale: int):
+  """(config argument, overrides, description) of a row name such as 'D' or 'D+sw0.1+noaff'."""
+  base, *mods = row.split('+')
+  if base not in ROWS:
+    raise errors.UserError(f'--rows {row!r}: unknown row {base!r} (expected one of {", ".join(ROWS)})')
+  variant, overrides, what = ROWS[base]
+  overrides = dict(overrides)
+  for m in mods:
+    if m not in MODIFIERS:
+      raise errors.UserError(f'--rows {row!r}: unknown modifier {m!r} (expected one of {", ".join(MODIFIERS)})')
+    overrides.update(MODIFIERS[m][0])
+    what += f'; {MODIFIERS[m][1]}'
+  return f'x{scale},{variant}', overrides, what
+
+
+def _step_overrides(steps: int) -> dict:
+  """A shorter (or longer) study keeps the preset's proportions: stage 1 a third, 15 rounds, 6 validations."""
+  if not steps:
+    return {}
+  return {'train.num_steps': steps, 'train.stage1_steps': steps // 3, 'train.round_steps': max(steps // 15, 1),
+          'train.log_every': max(steps // 30, 1), 'eval.every_steps': max(steps // 6, 1),
+          'ckpt.every_steps': max(steps // 3, 1)}
+
+
+def _flag(k, v):
+  return f'--config.{k}={v}'
+
+
+def _run(cmd, log_path):
+  with open(log_path, 'a') as log:
+    log.write(f'$ {" ".join(cmd)}\n')
+    log.flush()
+    r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+  if r.returncode:
+    with open(log_path) as f:
+      tail = f.read().strip().splitlines()[-1:]
+    raise errors.UserError(f'{" ".join(cmd[:6])} ... failed (exit {r.returncode}; {log_path}): {tail}')
+
+
+def _scalars(workdir: str) -> dict:
+  """{tag: [(step, value), ...]} of every scalar in the run's TensorBoard events."""
+  import glob  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    acc = event_accumulator.EventAccumulator(path, size_guidance={'tensors': 0})
+    acc.Reload()
+    for tag in acc.Tags().get('tensors', []):
+      for e in acc.Tensors(tag):
+        arr = np.frombuffer(e.tensor_proto.tensor_content, np.float32) if e.tensor_proto.tensor_content \
+            else np.asarray(e.tensor_proto.float_val, np.float32)
+        if arr.size == 1:
+          out.setdefault(tag, []).append((int(e.step), float(arr[0])))
+  return {k: sorted(v) for k, v in out.items()}
+
+
+def summarise_run(workdir: str, stage1_steps: int) -> dict:
+  """Validation MADs, side-head errors, teachers and the mean stage-2 gradient norms, from TensorBoard."""
+  sc = _scalars(workdir)
+  mean = lambda xs: float(sum(xs) / len(xs)) if xs else None
+  stage2 = lambda tag: [v for s, v in sc.get(tag, []) if s > stage1_steps]
+  evals = sc.get('eval/mad', [])
+  best = min(evals, key=lambda sv: sv[1]) if evals else (None, None)
+  grads = {tag[5:]: mean(stage2(tag)) for tag in sc if tag.startswith('grad/')}
+  grads = {k: v for k, v in grads.items() if v is not None}
+  ratios = {}
+  for net, own in (('dsr', 'dsr'), ('denet', 'de')):
+    base = grads.get(f'{own}/{net}')
+    for term in ('out', 'aff', 'struct'):
+      g = grads.get(f'{term}/{net}')
+      if base and g is not None:
+        ratios[f'{term}/{net} : {own}/{net}'] = g / base
+  last = lambda tag: sc[tag][-1][1] if sc.get(tag) else None
+  return {'val_mad_final': evals[-1][1] if evals else None, 'val_mad_best': best[1], 'best_step': best[0],
+          'bicubic_val_mad': last('eval/bicubic_mad'),
+          'val_mad_curve': evals,
+          'teachers_stage2': [v for v in stage2('train/teacher')],
+          'stage2_mean': {k: mean(stage2(f'train/{k}')) for k in ('e_dsr', 'e_de', 'side_dsr', 'side_de', 'aff',
+                                                                 'out', 'struct')},
+          'grad_stage2_mean': grads, 'grad_ratio_stage2': ratios}
+
+
+def run_one(row: str, seed: int, a) -> dict:
+  out_dir = os.path.join(a.out, f'{row}_s{seed}')
+  result_path = os.path.join(out_dir, 'result.json')
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  arg, overrides, what = row_spec(row, a.scale)
+  workdir = os.path.abspath(os.path.join(a.runs, f'{row}_s{seed}'))
+  os.makedirs(workdir, exist_ok=True)
+  log = os.path.join(workdir, 'study.log')
+  settings = {'seed': seed, **overrides, **_step_overrides(a.steps)}
+  if a.data_dir:
+    settings['data.dir'] = a.data_dir
+  from dsr_jax.config_lib import load_config  # pylint: disable=g-import-not-at-top
+  cfg = load_config(os.path.join(REPO, 'configs', 'cpu_real.py'), arg, **settings)  # the config as run
+  flags = [_flag(k, v) for k, v in settings.items()]
+  nice = ['nice', '-n', str(a.nice)] if a.nice else []
+  t0 = time.time()
+  _run(nice + [sys.executable, '-m', 'dsr_jax.main', '--config', f'configs/cpu_real.py:{arg}',
+               '--workdir', workdir, *flags], log)
+  wall = time.time() - t0
+  eval_dir = os.path.join(workdir, 'eval_run')
+  eval_flags = [_flag('eval.checkpoint_dir', workdir)] + ([_flag('data.dir', a.data_dir)] if a.data_dir else [])
+  _run(nice + [sys.executable, '-m', 'dsr_jax.main', '--config', 'configs/eval_middlebury2005.py',
+               '--workdir', eval_dir, *eval_flags], log)
+  with open(os.path.join(eval_dir, 'eval', f'middlebury2005_x{a.scale}.json')) as f:
+    report = json.load(f)
+  result = {'row': row, 'seed': seed, 'what': what, 'config_arg': arg, 'overrides': overrides,
+            'scale': a.scale, 'steps': cfg.train.num_steps, 'train_wall_s': round(wall, 1),
+            'middlebury2005': {'mean': report['mean'],
+                               'per_scene': {k: v for k, v in report['per_scene'].items()}},
+            **summarise_run(workdir, cfg.train.stage1_steps if cfg.model.use_denet else 0)}
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+    f.write(cfg.to_json_best_effort(indent=2))
+  with open(os.path.join(out_dir, 'eval_middlebury2005.json'), 'w') as f:
+    json.dump(report, f, indent=2)
+  with open(result_path + '.tmp', 'w') as f:
+    json.dump(result, f, indent=2)
+  os.replace(result_path + '.tmp', result_path)
+  return result
+
+
+def load_results(out: str) -> dict:
+  """{row: [result, ...]} of every finished run under `out`, seeds in order."""
+  rows = {}
+  if not os.path.isdir(out):
+    return rows
+  for name in sorted(os.listdir(out)):
+    path = os.path.join(out, name, 'result.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        r = json.load(f)
+      rows.setdefault(r['row'], []).append(r)
+  for v in rows.values():
+    v.sort(key=lambda r: r['seed'])
+  return rows
+
+
+def _stats(xs):
+  xs = [x for x in xs if x is not None]
+  if not xs:
+    return None, None
+  m = sum(xs) / len(xs)
+  sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+  return m, sd
+
+
+def _pm(xs, digits=4):
+  m, sd = _stats(xs)
+  if m is None:
+    return ''
+  return f'{m:.{digits}f}' + (f' ± {sd:.{digits}f}' if sd is not None else '')
+
+
+def table(rows: dict) -> str:
+  """The study's Markdown table, from the stored results only."""
+  order = [r for r in ROWS if r in rows] + sorted(r for r in rows if r not in ROWS)
+  lines = ['| row | what | seeds | Middlebury 2005 mean MAD | RMSE | ' + ' | '.join(s for s in SCENES) +
+           ' | val MAD (best) | train wall |', '|' + ' --- |' * (7 + len(SCENES))]
+  for row in order:
+    rs = rows[row]
+    mb = [r['middlebury2005'] for r in rs]
+    scenes = [_pm([m['per_scene'][s]['mad'] for m in mb if s in m['per_scene']], 3) for s in SCENES]
+    wall = _stats([r['train_wall_s'] for r in rs])[0]
+    lines.append(f'| {row} | {rs[0]["what"]} | {",".join(str(r["seed"]) for r in rs)} | '
+                 f'{_pm([m["mean"]["mad"] for m in mb])} | {_pm([m["mean"]["rmse"] for m in mb], 3)} | '
+                 + ' | '.join(scenes) + f' | {_pm([r["val_mad_best"] for r in rs], 3)} | '
+                 f'{int(wall // 60)} min {int(wall % 60)} s |')
+  lines += ['', 'Gradient diagnostics, mean over stage-2 log steps (seed 0 where there are several), as a '
+            "fraction of the network's own task-loss gradient:", '',
+            '| row | L_O -> DSRNet | L_A -> DSRNet | L_struct -> DSRNet | L_O -> DENet | L_A -> DENet | '
+            'side err / main err (DSRNet) | teachers in stage 2 |', '|' + ' --- |' * 8]
+  for row in order:
+    r = rows[row][0]
+    g = r.get('grad_ratio_stage2', {})
+    f = lambda k: f'{g[k]:.3f}' if k in g else '-'
+    s2 = r.get('stage2_mean', {})
+    side = (f'{s2["side_dsr"] / s2["e_dsr"]:.2f}' if s2.get('side_dsr') and s2.get('e_dsr') else '-')
+    teachers = r.get('teachers_stage2', [])
+    names = {0.0: 'DSRNet', 1.0: 'DENet', 2.0: 'mutual'}
+    tsum = ', '.join(f'{names.get(t, t)} x{teachers.count(t)}' for t in sorted(set(teachers))) or '-'
+    lines.append(f'| {row} | {f("out/dsr : dsr/dsr")} | {f("aff/dsr : dsr/dsr")} | {f("struct/dsr : dsr/dsr")} '
+                 f'| {f("out/denet : de/denet")} | {f("aff/denet : de/denet")} | {side} | {tsum} |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_table(out: str, readme: str = '') -> str:
+  text = table(load_results(out))
+  with open(os.path.join(out, 'TABLE.md'), 'w') as f:
+    f.write('# Cross-task study (written by `python -m dsr_jax.study`; do not edit)\n\n' + text)
+  if readme:
+    with open(readme) as f:
+      doc = f.read()
+    if README_BEGIN in doc and README_END in doc:
+      head, rest = doc.split(README_BEGIN, 1)
+      _, tail = rest.split(README_END, 1)
+      with open(readme, 'w') as f:
+        f.write(f'{head}{README_BEGIN}\n{text}{README_END}{tail}')
+  return text
+
+
+def build_parser():
+  p = errors.ArgumentParser(prog='python -m dsr_jax.study', description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--rows', default='A,D', help='comma list of rows (see above)')
+  p.add_argument('--seeds', default='0', help='comma list of seeds')
+  p.add_argument('--scale', type=int, default=4, choices=[2, 4, 8, 16])
+  p.add_argument('--out', default='results/ct_study', help='where results are stored (committed)')
+  p.add_argument('--runs', default='runs/ct_study', help='training workdirs (not committed)')
+  p.add_argument('--data-dir', default='', help='the data directory (default: $DSR_DATA_DIR)')
+  p.add_argument('--steps', type=int, default=0, help='override train.num_steps (0 = the preset)')
+  p.add_argument('--nice', type=int, default=10, help='niceness of the training processes (0 = none)')
+  p.add_argument('--readme', default='', help='also rewrite the ct_study block of this README')
+  p.add_argument('--table-only', action='store_true', help='only rewrite the table from stored results')
+  return p
+
+
+def main(argv=None) -> int:
+  a = build_parser().parse_args(argv)
+  try:
+    seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
+  except ValueError:
+    print(f'error: --seeds {a.seeds!r}: expected a comma list of integers', file=sys.stderr)
+    return 2
+  rows = [r.strip() for r in a.rows.split(',') if r.strip()]
+  try:
+    for r in rows:
+      row_spec(r, a.scale)
+    os.makedirs(a.out, exist_ok=True)
+    if not a.table_only:
+      for row in rows:
+        for seed in seeds:
+          r = run_one(row, seed, a)
+          print(f'{row}_s{seed}: Middlebury 2005 MAD {r["middlebury2005"]["mean"]["mad"]:.4f}, '
+                f'best val MAD {r["val_mad_best"]:.4f}, train {r["train_wall_s"]:.0f} s', flush=True)
+          write_table(a.out, a.readme)
+    print(write_table(a.out, a.readme))
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

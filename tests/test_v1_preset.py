@@ -1,0 +1,41 @@
+"""configs/ablation_v1.py reproduces the first version of cross-task training bit for bit.
+
+tests/data/v1_reference.npz holds the final parameters of the same short run made by the code before
+Revision 2 (tests/data/make_v1_reference.py says how, and at which commit): every one of its 97 arrays,
+DSRNet, DENet and SPNet, must come out identical.
+"""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ablation_v1
+from configs import test as test_config
+from dsr_jax import roles
+from dsr_jax import train
+
+pytestmark = pytest.mark.usefixtures('fast_xla')
+
+REFERENCE = os.path.join(os.path.dirname(__file__), 'data', 'v1_reference.npz')
+TEACHERS = (roles.DENET, roles.DSR, roles.DENET)  # as in make_v1_reference.py: both student phases run
+
+
+def test_v1_preset_is_bit_identical_to_the_first_version(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  cfg = ablation_v1.apply(test_config.get_config())
+  it = iter(TEACHERS)
+  train.train_and_evaluate(cfg, str(tmp_path), role_rule=lambda *_: next(it))
+  params = ocp.StandardCheckpointer().restore(str(tmp_path / 'checkpoints' / '8' / 'params'))
+  got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  with np.load(REFERENCE) as ref:
+    want = {k: ref[k] for k in ref.files}
+  assert sorted(got) == sorted(want)
+  differ = [k for k in want if not np.array_equal(got[k], want[k])]
+  assert not differ, f'{len(differ)} of {len(want)} arrays differ, e.g. {differ[:3]}'
+  # The run really trained: the reference is not its own initialisation.
+  cfg0 = ablation_v1.apply(test_config.get_config())
+  from dsr_jax import models as models_lib, state as state_lib  # pylint: disable=g-import-not-at-top
+  init = state_lib.init_params(models_lib.build(cfg0.model), jax.random.key(cfg0.seed), cfg0.model.scale)
+  init = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(init)[0]}
+  assert sum(not np.array_equal(init[k], want[k]) for k in want) > len(want) // 2
