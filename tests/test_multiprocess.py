@@ -60,7 +60,7 @@ def train_steps(devices, process_index=None, process_count=None):
   scale = cfg.model.scale
   create = functools.partial(state_lib.create, models, tx, scale=scale)
   state = jax.jit(create, out_shardings=repl)(jax.random.key(cfg.seed))
-  phase = roles.phase_for(roles.NO_TEACHER, cross_task=nets != ('dsr',))
+  phase = roles.phase_for(roles.make_phases(cfg), roles.NO_TEACHER, cross_task=nets != ('dsr',))
   step = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=phase, loss_cfg=cfg.loss,
                                    scale=scale),
                  in_shardings=(repl, data_sh), out_shardings=(repl, repl), donate_argnums=0)

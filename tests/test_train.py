@@ -33,6 +33,10 @@ def _batch(cfg, n=8, seed=0):
           'valid': (jax.random.uniform(k[2], (n, crop, crop, 1)) > 0.1).astype(jnp.float32)}
 
 
+def _phases(cfg=None):
+  return roles.make_phases(cfg or test_config.get_config())
+
+
 def _setup(cfg=None):
   cfg = cfg or test_config.get_config()
   models = models_lib.build(cfg.model)
@@ -53,14 +57,22 @@ def _opt_leaves(opt_state, net):
   return inner.inner_state
 
 
-@pytest.mark.parametrize('phase,teacher,student', [(roles.DSR_STUDENT, 'denet', 'dsr'),
-                                                   (roles.DE_STUDENT, 'dsr', 'denet')])
-def test_frozen_teacher_bit_identical(phase, teacher, student):
-  cfg, models, tx, st = _setup()
+@pytest.mark.parametrize('phase,teacher,student', [('dsr_student', 'denet', 'dsr'),
+                                                   ('de_student', 'dsr', 'denet')])
+def test_frozen_teacher_bit_identical_over_a_round(phase, teacher, student):
+  """train.teacher_update='frozen': over a whole round (two steps) the teacher's parameters, Adam moments and
+  count stay bit-identical, while the student and SPNet move."""
+  cfg = test_config.get_config()
+  cfg.train.teacher_update = 'frozen'
+  cfg, models, tx, st = _setup(cfg)
+  phases = _phases(cfg)
   # One stage-1 step first, so the teacher's Adam moments and count are non-trivial.
-  st, _ = _step(cfg, models, tx, roles.STAGE1)(st, _batch(cfg))
+  st, _ = _step(cfg, models, tx, phases['stage1'])(st, _batch(cfg))
   before = jax.device_get(st)
-  after, terms = _step(cfg, models, tx, phase)(st, _batch(cfg, seed=1))
+  step = _step(cfg, models, tx, phases[phase])
+  after = st
+  for seed in (1, 2):
+    after, terms = step(after, _batch(cfg, seed=seed))
   after = jax.device_get(after)
   assert np.isfinite(float(terms['total']))
   chex.assert_trees_all_equal(before.params[teacher], after.params[teacher])
@@ -76,46 +88,66 @@ def test_frozen_teacher_bit_identical(phase, teacher, student):
   assert count(before, student) != count(after, student)
   # The logged learning rates follow each net's own count (SPNet was frozen in the stage-1 step).
   counts = {k: int(v) for k, v in optim.update_counts(after.opt_state).items()}
-  assert counts == {student: 2, teacher: 1, 'spnet': 1}
+  assert counts == {student: 3, teacher: 1, 'spnet': 2}
   lrs = optim.learning_rates(cfg, counts)
-  # One update each (warm-up 1): still at the peak rate, where the global step (2) has begun the cosine.
-  at_global_step = float(optim.schedule(cfg.optim[student], cfg.train.num_steps)(2))
+  # The teacher's one update (warm-up 1) leaves it at the peak rate, where the global step (3) has begun the
+  # cosine; the student's rate is the schedule at its own count.
+  at_global_step = float(optim.schedule(cfg.optim[student], cfg.train.num_steps)(3))
   assert at_global_step < 0.99 * cfg.optim[student].lr
   assert lrs[student] == pytest.approx(at_global_step)
-  assert lrs[teacher] == pytest.approx(cfg.optim[teacher].lr) and lrs['spnet'] == pytest.approx(cfg.optim.spnet.lr)
+  assert lrs[teacher] == pytest.approx(cfg.optim[teacher].lr)
+  assert lrs['spnet'] == pytest.approx(float(optim.schedule(cfg.optim.spnet, cfg.train.num_steps)(2)))
+
+
+@pytest.mark.parametrize('phase', ['dsr_student', 'de_student'])
+def test_task_mode_teacher_keeps_learning(phase):
+  """train.teacher_update='task' (Revision 2, rule 2): every network steps, the teacher's Adam count too."""
+  cfg, models, tx, st = _setup()
+  before = jax.device_get(st)
+  after, _ = _step(cfg, models, tx, _phases(cfg)[phase])(st, _batch(cfg))
+  after = jax.device_get(after)
+  for net in ('dsr', 'denet', 'spnet'):
+    assert any(jax.tree.leaves(jax.tree.map(lambda a, b: np.any(a != b), before.params[net],
+                                            after.params[net]))), net
+  assert {k: int(v) for k, v in optim.update_counts(after.opt_state).items()} == {'dsr': 1, 'denet': 1,
+                                                                                    'spnet': 1}
 
 
 def test_stage1_spnet_frozen_and_both_nets_train():
   cfg, models, tx, st = _setup()
   before = jax.device_get(st)
-  after, _ = _step(cfg, models, tx, roles.STAGE1)(st, _batch(cfg))
+  after, _ = _step(cfg, models, tx, _phases(cfg)['stage1'])(st, _batch(cfg))
   after = jax.device_get(after)
   chex.assert_trees_all_equal(before.params['spnet'], after.params['spnet'])
   for net in ('dsr', 'denet'):
     assert any(jax.tree.leaves(jax.tree.map(lambda a, b: np.any(a != b), before.params[net], after.params[net])))
 
 
-def test_teacher_gets_no_backward_pass():
-  """The DSR-student step's gradient graph holds no DENet backward: its jaxpr has fewer convs."""
+def test_frozen_teacher_gets_no_backward_pass():
+  """A frozen teacher's backward pass is never built: the frozen DSR-student gradient has fewer convs."""
   cfg, models, tx, st = _setup()
   b = _batch(cfg)
   def n_convs(phase):
     f = functools.partial(steps.loss_fn, models=models, phase=phase, loss_cfg=cfg.loss, scale=cfg.model.scale)
     jaxpr = jax.make_jaxpr(jax.grad(lambda p: f(p, b)[0]))(st.params)
     return str(jaxpr).count('conv_general_dilated')
-  frozen = n_convs(roles.DSR_STUDENT)
-  both = n_convs(roles.Phase('both', (('dsr', True), ('denet', True), ('spnet', True))))
-  assert frozen < both
+  frozen_cfg = test_config.get_config()
+  frozen_cfg.train.teacher_update = 'frozen'
+  assert n_convs(_phases(frozen_cfg)['dsr_student']) < n_convs(_phases(cfg)['dsr_student'])
 
 
 def test_role_logic_sequence_and_ties():
+  phases = _phases()
   errs = [(0.1, 0.2), (0.3, 0.2), (0.2, 0.2), (0.5, 0.05), (0.01, 0.9)]
   assert [roles.pick_teacher(a, b) for a, b in errs] == [roles.DSR, roles.DENET, roles.DSR, roles.DENET, roles.DSR]
-  assert [roles.phase_for(roles.pick_teacher(a, b)).name for a, b in errs] == [
+  assert [roles.phase_for(phases, roles.pick_teacher(a, b)).name for a, b in errs] == [
       'de_student', 'dsr_student', 'de_student', 'dsr_student', 'de_student']
-  assert roles.pick_teacher(0.1, 0.9, fixed='denet') == roles.DENET
-  assert roles.phase_for(roles.NO_TEACHER).name == 'stage1'
-  assert roles.phase_for(roles.DSR, cross_task=False).name == 'dsr_only'
+  assert roles.role_rule('fixed_denet')(0.1, 0.9) == roles.DENET
+  assert roles.role_rule('fixed_dsr')(0.9, 0.1) == roles.DSR
+  assert roles.role_rule('mutual')(0.1, 0.9) == roles.MUTUAL
+  assert roles.phase_for(phases, roles.MUTUAL).name == 'mutual'
+  assert roles.phase_for(phases, roles.NO_TEACHER).name == 'stage1'
+  assert roles.phase_for(phases, roles.DSR, cross_task=False).name == 'dsr_only'
   assert [roles.is_round_start(s, 4, 2) for s in range(9)] == [False] * 4 + [True, False, True, False, True]
 
 
@@ -127,7 +159,7 @@ def test_one_device_equals_eight_devices():
   for devs in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devs)
     repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
-    fn = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=roles.DSR_STUDENT,
+    fn = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=_phases(cfg)['dsr_student'],
                                    loss_cfg=cfg.loss, scale=cfg.model.scale),
                  in_shardings=(repl, data), out_shardings=(repl, repl))
     st = jax.device_put(st0, repl)
@@ -148,14 +180,9 @@ def _event_tags(workdir):
 
 
 def _train_with_teachers(cfg, workdir, teachers):
-  """train_and_evaluate with the role picker replaced by a fixed sequence (forces role switches)."""
+  """train_and_evaluate with the role rule replaced by a fixed sequence (forces role switches)."""
   it = iter(teachers)
-  orig = roles.pick_teacher
-  roles.pick_teacher = lambda *a, **k: next(it)
-  try:
-    return train.train_and_evaluate(cfg, str(workdir))
-  finally:
-    roles.pick_teacher = orig
+  return train.train_and_evaluate(cfg, str(workdir), role_rule=lambda *_: next(it))
 
 
 @pytest.fixture(scope='module')
@@ -182,11 +209,24 @@ def test_smoke_all_phases_one_trace_each_and_images(smoke_run):
   acc = _event_tags(wd)
   tags = acc.Tags()['tensors']
   for t in ('images/sr', 'images/gt', 'images/lr', 'images/de', 'images/error', 'images/structure_pred',
-            'images/structure_target', 'train/total', 'train/struct', 'train/aff', 'train/teacher'):
+            'images/structure_target', 'train/total', 'train/struct', 'train/aff', 'train/teacher',
+            'train/side_dsr', 'train/side_de'):
     assert t in tags, t
   import tensorflow as tf
-  teacher_log = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors('train/teacher')]
-  assert -1.0 in teacher_log and 0.0 in teacher_log and 1.0 in teacher_log, teacher_log
+  log = lambda tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+  teacher_log = log('train/teacher')
+  assert -1.0 in teacher_log.values() and 0.0 in teacher_log.values() and 1.0 in teacher_log.values()
+  # Gradient diagnostics at every log step: each term of the phase that ran, into each network. Log step 4
+  # ends the DSR-student round (DENet teaching) and step 6 the DE-student round.
+  assert teacher_log[4] == roles.DENET and teacher_log[6] == roles.DSR, teacher_log
+  g = {t: log(t) for t in tags if t.startswith('grad/')}
+  assert g['grad/out/dsr'][4] > 0 and g['grad/aff/dsr'][4] > 0 and g['grad/out/denet'][4] == 0
+  assert g['grad/out/denet'][6] > 0 and g['grad/out/dsr'][6] == 0
+  # 'task' mode: the teacher keeps learning its own task, and SPNet's gradient reaches both networks.
+  for step in (4, 6):
+    assert g['grad/dsr/dsr'][step] > 0 and g['grad/de/denet'][step] > 0
+    assert g['grad/struct/dsr'][step] > 0 and g['grad/struct/denet'][step] > 0 and g['grad/struct/spnet'][step] > 0
+  assert 'grad/struct/spnet' not in g or 2 not in g['grad/struct/spnet']  # stage 1 has no L_struct
 
 
 def test_resume_is_exact(smoke_run, tmp_path):
@@ -215,12 +255,13 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer():
   cfg = test_config.get_config()
   cfg.model.dtype = 'bfloat16'
   cfg, models, tx, st = _setup(cfg)
-  for phase in (roles.STAGE1, roles.DSR_STUDENT):
-    st, terms = _step(cfg, models, tx, phase)(st, _batch(cfg))
+  for phase in ('stage1', 'dsr_student'):
+    st, terms = _step(cfg, models, tx, _phases(cfg)[phase])(st, _batch(cfg))
     assert np.isfinite(float(terms['total']))
   assert {x.dtype for x in jax.tree.leaves(st.params)} == {jnp.dtype('float32')}
   assert {x.dtype for x in jax.tree.leaves(st.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)} == {
       jnp.dtype('float32')}
   # The forward pass really computes in bf16: the jaxpr carries bf16 convolutions.
-  f = functools.partial(steps.loss_fn, models=models, phase=roles.STAGE1, loss_cfg=cfg.loss, scale=cfg.model.scale)
+  f = functools.partial(steps.loss_fn, models=models, phase=_phases(cfg)['stage1'], loss_cfg=cfg.loss,
+                        scale=cfg.model.scale)
   assert 'bf16' in str(jax.make_jaxpr(lambda p: f(p, _batch(cfg))[0])(st.params))

@@ -25,6 +25,7 @@ def test_v1_preset_is_bit_identical_to_the_first_version(tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   cfg = ablation_v1.apply(test_config.get_config())
   it = iter(TEACHERS)
+  cfg.train.grad_diagnostics = False  # params only; diagnostics would add compilations, not checks
   train.train_and_evaluate(cfg, str(tmp_path), role_rule=lambda *_: next(it))
   params = ocp.StandardCheckpointer().restore(str(tmp_path / 'checkpoints' / '8' / 'params'))
   got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
