@@ -33,42 +33,33 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--cpu-convs', default='eigen', choices=xla_options.CPU_CONVOLUTIONS,
                  help='XLA:CPU convolution library (config field cpu_convolutions); ignored off CPU')
+  p.add_argument('--teacher-input', default='rgb', choices=['rgb', 'rgbd'],
+                 help='model.teacher_input: what DENet sees (Revision 2, rule 5)')
 
 
 def model_config(a) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       scale=a.scale, stages=a.stages, channels=a.channels, feat=a.feat, de_blocks=a.de_blocks,
-      residual=True, bp_impl=a.bp_impl, dtype=a.dtype, use_denet=True, use_spnet=True))
+      residual=True, bp_impl=a.bp_impl, dtype=a.dtype, use_denet=True, use_spnet=True,
+      side_residual=True, teacher_input=a.teacher_input, teacher_residual=True))
 
 
 def count(tree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def abstract_params(models, scale: int, hr: int = 32):
-  """Parameter shapes via eval_shape: nothing is computed or allocated."""
-  key = jax.random.key(0)
-  lr = jax.ShapeDtypeStruct((1, hr // scale, hr // scale, 1), jnp.float32)
-  hrd = jax.ShapeDtypeStruct((1, hr, hr, 1), jnp.float32)
-  rgb = jax.ShapeDtypeStruct((1, hr, hr, 3), jnp.float32)
-  c = models.dsr.channels
-  feat = jax.ShapeDtypeStruct((1, hr, hr, c), jnp.float32)
-  out = {'dsr': jax.eval_shape(lambda: models.dsr.init(key, jnp.zeros(lr.shape), train=True))['params']}
-  if models.denet is not None:
-    out['denet'] = jax.eval_shape(lambda: models.denet.init(key, jnp.zeros(rgb.shape), train=True))['params']
-  if models.spnet is not None:
-    out['spnet'] = jax.eval_shape(lambda: models.spnet.init(
-        key, jnp.zeros(feat.shape), jnp.zeros(feat.shape), jnp.zeros(hrd.shape), jnp.zeros(hrd.shape),
-        jnp.zeros(hrd.shape)))['params']
-  return out
+def abstract_params(models, scale: int):
+  """Parameter shapes via eval_shape of the training init: nothing is computed or allocated."""
+  from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  return jax.eval_shape(lambda: state_lib.init_params(models, jax.random.key(0), scale))
 
 
 def cmd_params(a) -> dict:
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   models = models_lib.build(model_config(a))
-  params = abstract_params(models, a.scale, hr=8 * a.scale)
+  params = abstract_params(models, a.scale)
   return {'params': {k: count(v) for k, v in params.items()}, 'scale': a.scale, 'stages': a.stages,
-          'channels': a.channels, 'feat': a.feat, 'de_blocks': a.de_blocks}
+          'channels': a.channels, 'feat': a.feat, 'de_blocks': a.de_blocks, 'teacher_input': a.teacher_input}
 
 
 def _median_time(fn, iters: int) -> float:
@@ -134,7 +125,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--hr-hw', default='', metavar='HxW',
                  help='non-square HR size for infer, e.g. 1080x1320 (overrides --hr; both divisible by --scale)')
   p.add_argument('--iters', type=errors.positive_int, default=5)
-  p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student'])
+  p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student', 'mutual'])
+  # The peer's Revision 2 flags; its first version is --teacher-update frozen --affinity raw --side-weight 0
+  # --no-detach-uncertainty.
+  p.add_argument('--teacher-update', default='task', choices=['task', 'frozen'])
+  p.add_argument('--affinity', default='cosine', choices=['cosine', 'raw'])
+  p.add_argument('--side-weight', type=float, default=1.0)
+  p.add_argument('--no-detach-uncertainty', action='store_true')
   p.add_argument('--profile', default='', metavar='DIR',
                  help='after timing, trace 2 more calls with jax.profiler into DIR and add the top ops')
 
@@ -144,6 +141,10 @@ def _bench_config(a):
   c = default.get_config()
   c.model.update(model_config(a))
   c.loss.affinity_pool = a.affinity_pool
+  c.train.teacher_update = a.teacher_update
+  c.loss.affinity = a.affinity
+  c.loss.side_weight = a.side_weight
+  c.loss.detach_uncertainty = not a.no_detach_uncertainty
   c.train.batch_size = a.batch
   c.data.crop = a.hr
   for net in ('dsr', 'denet', 'spnet'):  # the peer's optimiser: plain Adam 1e-4, no clipping, no warm-up
@@ -254,10 +255,12 @@ def cmd_train(a) -> dict:
   models = models_lib.build(c.model)
   tx = optim.make(c)
   st = jax.jit(functools.partial(state_lib.create, models, tx, scale=a.scale))(jax.random.key(0))
-  fn = functools.partial(steps.train_step, models=models, tx=tx, phase=roles.PHASES[a.phase], loss_cfg=c.loss,
-                         scale=a.scale)
+  fn = functools.partial(steps.train_step, models=models, tx=tx, phase=roles.make_phases(c)[a.phase],
+                         loss_cfg=c.loss, scale=a.scale)
   out = _report(a, fn, (st, _inputs(a)), donate=(0,))
-  out.update(mode='train', phase=a.phase, params={k: count(v) for k, v in st.params.items()})
+  out.update(mode='train', phase=a.phase, params={k: count(v) for k, v in st.params.items()},
+             teacher_update=a.teacher_update, teacher_input=a.teacher_input, affinity=a.affinity,
+             side_weight=a.side_weight, detach_uncertainty=not a.no_detach_uncertainty)
   return out
 
 
@@ -295,7 +298,7 @@ def cmd_bf16(a) -> dict:
     models = models_lib.build(c.model)
     tx = optim.make(c)
     st = jax.jit(functools.partial(state_lib.create, models, tx, scale=a.scale))(jax.random.key(0))
-    step = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=roles.PHASES[a.phase],
+    step = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=roles.make_phases(c)[a.phase],
                                      loss_cfg=c.loss, scale=a.scale),
                    donate_argnums=0, compiler_options=xla_options.compiler_options(a.cpu_convs))
     t = time.perf_counter()
@@ -337,11 +340,12 @@ def cmd_compare(a) -> dict:
   shared = ['--scale', a.scale, '--stages', a.stages, '--channels', a.channels, '--feat', a.feat,
             '--de-blocks', a.de_blocks, '--affinity-pool', a.affinity_pool, '--batch', a.batch, '--hr', a.hr,
             '--iters', a.iters]
-  shared = [str(x) for x in shared]
+  shared = [str(x) for x in shared] + ['--teacher-input', a.teacher_input]
+  if a.mode == 'train':  # the Revision 2 flags, the same spelling on both sides
+    shared += ['--teacher-update', a.teacher_update, '--affinity', a.affinity, '--side-weight', str(a.side_weight)]
+    shared += ['--no-detach-uncertainty'] if a.no_detach_uncertainty else []
   ours_cmd = [sys.executable, '-m', 'dsr_jax.bench', a.mode, *shared, '--dtype', a.dtype, '--bp-impl', a.bp_impl,
-              '--cpu-convs', a.cpu_convs]
-  if a.mode == 'train':
-    ours_cmd += ['--phase', 'dsr_student']
+              '--cpu-convs', a.cpu_convs] + (['--phase', 'dsr_student'] if a.mode == 'train' else [])
   peer_cmd = [sys.executable, a.peer, '--mode', a.mode, *shared] + (['--compile'] if a.peer_compile else [])
   runs = {'ours': [], 'peer': []}
   for _ in range(a.rounds):

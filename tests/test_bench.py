@@ -71,12 +71,31 @@ def test_bf16_tracks_float32_on_a_short_run(capsys):
                     reason='torch or ../shared/peers/torch_ctkt.py not available')
 def test_compare_against_the_peer(capsys):
   # 'train' only: 'infer' goes through the same code with a different mode string (and costs ~15 s more).
-  status, out, _ = _run(capsys, ['compare', 'train', *TINY, '--rounds', '1'])
+  # The first version's flags, to check that both sides receive them.
+  v1 = ['--teacher-update', 'frozen', '--affinity', 'raw', '--side-weight', '0', '--no-detach-uncertainty']
+  status, out, _ = _run(capsys, ['compare', 'train', *TINY, '--rounds', '1', *v1])
   assert status == 0
   r = json.loads(out)
   assert r['ours']['impl'] == 'jax' and r['peer']['impl'] == 'torch'
   assert r['peer']['batch'] == r['ours']['batch'] == 2 and r['peer']['hr'] == r['ours']['hr'] == 16
   assert r['ratio'] == pytest.approx(r['ours_images_per_s'] / r['peer_images_per_s'])
+  for side in ('ours', 'peer'):
+    assert r[side]['teacher_update'] == 'frozen' and r[side]['affinity'] == 'raw', side
+  assert r['ours']['side_weight'] == 0 and not r['ours']['detach_uncertainty']
+  assert r['ours']['params'] == r['peer']['params']
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None or not pathlib.Path(bench.PEER).exists(),
+                    reason='torch or ../shared/peers/torch_ctkt.py not available')
+@pytest.mark.parametrize('teacher_input', ['rgb', 'rgbd'])
+def test_params_equal_the_peer(capsys, teacher_input):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  status, out, _ = _run(capsys, ['params', '--teacher-input', teacher_input])  # the peer's default sizes
+  assert status == 0
+  ours = json.loads(out)['params']
+  r = subprocess.run([sys.executable, bench.PEER, '--mode', 'infer', '--teacher-input', teacher_input, '--hr', '32',
+                      '--iters', '1', '--stages', '4'], capture_output=True, text=True, check=True, timeout=300)
+  assert ours == json.loads(r.stdout.splitlines()[-1])['params']
 
 
 def test_suite_smoke(tmp_path, capsys):
