@@ -80,7 +80,7 @@ def expected_counts(s, c, feat, t, r):
 def test_param_counts(s, c, feat, t, r):
   from dsr_jax import bench
   cfg = tiny_cfg(scale=s, channels=c, feat=feat, stages=t, de_blocks=r)
-  got = {k: bench.count(v) for k, v in bench.abstract_params(models.build(cfg), s, hr=4 * s).items()}
+  got = {k: bench.count(v) for k, v in bench.abstract_params(models.build(cfg), s).items()}
   assert got == expected_counts(s, c, feat, t, r)
 
 
