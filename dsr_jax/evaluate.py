@@ -591,3 +591,34 @@ def summary(result: dict) -> str:
   return (f'eval {result["dataset"]} x{result["scale"]} ({result["model"]}, {result["images"]} images, '
           f'{result["protocol"]["unit"]}): MAD {m["mad"]:.4f} RMSE {m["rmse"]:.4f} PSNR {_fmt(m["psnr"], 2)} '
           f'SSIM {m["ssim"]:.4f}; wrote {result["files"]["json"]} and {result["files"]["md"]}')
+
+
+def real_sensor(dsr, params, data_dir, scale: int) -> dict:
+  """RGB-D-D 'realscene': the data's only real LR inputs (phone time-of-flight, 192x144) against a 512x384 HR.
+
+  A fixed-scale network needs an LR of exactly HR/s, and the real ratio is 2.67, so the protocol is:
+  1. LR = the real LR map (mm), resized to ceil(HR/s) with the evaluation's MATLAB-style bicubic (antialiased
+     when it shrinks, as at x4 and x8), normalised by the rgbdd norm (4000 mm);
+  2. prediction = DSRNet (or bicubic) on that LR, cropped to the HR size;
+  3. RMSE in cm over the HR's valid pixels (the literature's RGB-D-D unit), no border crop.
+  Returns {'per_scene': {name: {'rmse_cm', 'bicubic_rmse_cm'}}, 'mean': {...}, 'protocol': str}.
+  """
+  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  norm = readers.dataset_info('rgbdd').norm
+  per_scene = {}
+  for rec in readers.list_records(data_dir, 'rgbdd', 'realscene'):
+    ex = readers.load_example(rec)
+    hr, valid = ex['depth'].astype(np.float64), ex['valid'] > 0
+    lr = readers.load_depth_lr(rec).astype(np.float64)
+    h, w = hr.shape
+    th, tw = -(-h // scale), -(-w // scale)
+    lr = degradation._resize(lr, th / lr.shape[0], tw / lr.shape[1], 'bicubic', np)  # pylint: disable=protected-access
+    lr = lr[:th, :tw] / norm
+    ours = super_resolve(dsr, params, lr.astype(np.float32))[:h, :w] * norm
+    bic = degradation.upsample_bicubic(lr, scale)[:h, :w] * norm
+    rmse = lambda p: float(np.sqrt(np.mean((p[valid] - hr[valid]) ** 2)) / 10.0)
+    per_scene[rec.name] = {'rmse_cm': rmse(ours), 'bicubic_rmse_cm': rmse(bic)}
+  mean = {k: float(np.mean([v[k] for v in per_scene.values()])) for k in ('rmse_cm', 'bicubic_rmse_cm')}
+  return {'per_scene': per_scene, 'mean': mean,
+          'protocol': f'real LR bicubic-resized to HR/{scale}, x{scale}, RMSE cm over valid HR pixels'}

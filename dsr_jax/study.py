@@ -136,6 +136,15 @@ def summarise_run(workdir: str, stage1_steps: int) -> dict:
           'grad_stage2_mean': grads, 'grad_ratio_stage2': ratios}
 
 
+def real_sensor(checkpoint: str, data_dir: str) -> dict:
+  """evaluate.real_sensor (RGB-D-D realscene, RMSE cm) of a checkpoint's DSRNet, with bicubic beside it."""
+  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  cfg, params = restore.load_for_inference(checkpoint)
+  return evaluate.real_sensor(models_lib.build(cfg.model).dsr, params, data_dir, int(cfg.model.scale))
+
+
 def run_one(row: str, seed: int, a) -> dict:
   out_dir = os.path.join(a.out, f'{row}_s{seed}')
   result_path = os.path.join(out_dir, 'result.json')
@@ -167,6 +176,7 @@ def run_one(row: str, seed: int, a) -> dict:
             'scale': a.scale, 'steps': cfg.train.num_steps, 'train_wall_s': round(wall, 1),
             'middlebury2005': {'mean': report['mean'],
                                'per_scene': {k: v for k, v in report['per_scene'].items()}},
+            'realscene': real_sensor(workdir, a.data_dir),
             **summarise_run(workdir, cfg.train.stage1_steps if cfg.model.use_denet else 0)}
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
@@ -211,11 +221,18 @@ def _pm(xs, digits=4):
   return f'{m:.{digits}f}' + (f' ± {sd:.{digits}f}' if sd is not None else '')
 
 
+def _real(rs) -> str:
+  got = [r['realscene']['mean'] for r in rs if r.get('realscene')]
+  if not got:
+    return '-'
+  return f'{_pm([g["rmse_cm"] for g in got], 2)} ({_stats([g["bicubic_rmse_cm"] for g in got])[0]:.2f})'
+
+
 def table(rows: dict) -> str:
   """The study's Markdown table, from the stored results only."""
   order = [r for r in ROWS if r in rows] + sorted(r for r in rows if r not in ROWS)
   lines = ['| row | what | seeds | Middlebury 2005 mean MAD | RMSE | ' + ' | '.join(s for s in SCENES) +
-           ' | val MAD (best) | train wall |', '|' + ' --- |' * (7 + len(SCENES))]
+           ' | val MAD (best) | real ToF RMSE cm (bicubic) | train wall |', '|' + ' --- |' * (8 + len(SCENES))]
   for row in order:
     rs = rows[row]
     mb = [r['middlebury2005'] for r in rs]
@@ -223,7 +240,7 @@ def table(rows: dict) -> str:
     wall = _stats([r['train_wall_s'] for r in rs])[0]
     lines.append(f'| {row} | {rs[0]["what"]} | {",".join(str(r["seed"]) for r in rs)} | '
                  f'{_pm([m["mean"]["mad"] for m in mb])} | {_pm([m["mean"]["rmse"] for m in mb], 3)} | '
-                 + ' | '.join(scenes) + f' | {_pm([r["val_mad_best"] for r in rs], 3)} | '
+                 + ' | '.join(scenes) + f' | {_pm([r["val_mad_best"] for r in rs], 3)} | {_real(rs)} | '
                  f'{int(wall // 60)} min {int(wall % 60)} s |')
   lines += ['', 'Gradient diagnostics, mean over stage-2 log steps (seed 0 where there are several), as a '
             "fraction of the network's own task-loss gradient:", '',
@@ -235,7 +252,7 @@ def table(rows: dict) -> str:
     f = lambda k: f'{g[k]:.3f}' if k in g else '-'
     s2 = r.get('stage2_mean', {})
     side = (f'{s2["side_dsr"] / s2["e_dsr"]:.2f}' if s2.get('side_dsr') and s2.get('e_dsr') else '-')
-    teachers = r.get('teachers_stage2', [])
+    teachers = [t for t in r.get('teachers_stage2', []) if t >= 0]  # -1: no teacher (w/o CT)
     names = {0.0: 'DSRNet', 1.0: 'DENet', 2.0: 'mutual'}
     tsum = ', '.join(f'{names.get(t, t)} x{teachers.count(t)}' for t in sorted(set(teachers))) or '-'
     lines.append(f'| {row} | {f("out/dsr : dsr/dsr")} | {f("aff/dsr : dsr/dsr")} | {f("struct/dsr : dsr/dsr")} '

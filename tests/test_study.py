@@ -1,0 +1,78 @@
+"""dsr_jax.study: rows, the table written from stored results only, skipping finished runs; the real-sensor
+protocol of evaluate.real_sensor."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from dsr_jax import errors
+from dsr_jax import study
+
+
+def _result(row, seed, mad, wall=100.0):
+  per = {s: {'mad': mad + i * 0.01, 'rmse': 1.0} for i, s in enumerate(study.SCENES)}
+  return {'row': row, 'seed': seed, 'what': f'row {row}', 'train_wall_s': wall, 'val_mad_best': 0.5,
+          'middlebury2005': {'mean': {'mad': mad, 'rmse': 1.0}, 'per_scene': per},
+          'realscene': {'mean': {'rmse_cm': 7.0 + seed, 'bicubic_rmse_cm': 7.5}},
+          'grad_ratio_stage2': {'out/dsr : dsr/dsr': 0.25}, 'stage2_mean': {'side_dsr': 0.004, 'e_dsr': 0.002},
+          'teachers_stage2': [1.0, 1.0, -1.0]}
+
+
+def _store(out, r):
+  d = out / f'{r["row"]}_s{r["seed"]}'
+  d.mkdir(parents=True)
+  (d / 'result.json').write_text(json.dumps(r))
+
+
+def test_rows_and_modifiers():
+  arg, over, what = study.row_spec('D+sw0.1+noaff', 4)
+  assert arg == 'x4,ct' and over['train.roles'] == 'fixed_denet' and over['loss.side_weight'] == 0.1
+  assert over['loss.use_affinity'] is False and 'no L_A' in what
+  assert study.row_spec('A', 8)[0] == 'x8,wo_ct'
+  for bad in ('Z', 'D+fast'):
+    with pytest.raises(errors.UserError, match='--rows'):
+      study.row_spec(bad, 4)
+
+
+def test_table_is_computed_from_the_stored_results(tmp_path):
+  for seed, mad in ((0, 0.20), (1, 0.22), (2, 0.24)):
+    _store(tmp_path, _result('A', seed, mad))
+  _store(tmp_path, _result('D', 0, 0.19))
+  readme = tmp_path / 'README.md'
+  readme.write_text(f'intro\n{study.README_BEGIN}\nold table\n{study.README_END}\noutro\n')
+  text = study.write_table(str(tmp_path), str(readme))
+  a_line = next(l for l in text.splitlines() if l.startswith('| A |'))
+  assert '| 0,1,2 |' in a_line and '0.2200 ± 0.0200' in a_line  # mean and sample std of 0.20, 0.22, 0.24
+  assert '8.00 ± 1.00 (7.50)' in a_line  # 7 + seed
+  d_line = next(l for l in text.splitlines() if l.startswith('| D |'))
+  assert '| 0.1900 |' in d_line and '±' not in d_line.split('|')[4]
+  assert '| D | 0.250 |' in text and 'DENet x2' in text  # diagnostics; -1 (no teacher) not counted
+  doc = readme.read_text()
+  assert 'old table' not in doc and doc.startswith('intro\n') and doc.endswith('outro\n') and a_line in doc
+  assert (tmp_path / 'TABLE.md').read_text().endswith(text)
+
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch):
+  _store(tmp_path, _result('A', 0, 0.2))
+  monkeypatch.setattr(study, '_run', lambda *a, **k: pytest.fail('a finished run was trained again'))
+  args = study.build_parser().parse_args(['--out', str(tmp_path), '--runs', str(tmp_path / 'runs')])
+  assert study.run_one('A', 0, args)['middlebury2005']['mean']['mad'] == 0.2
+
+
+def test_real_sensor_protocol_bicubic_identity(shared_data_dir):
+  """A DSRNet whose output conv is zero is exactly its bicubic residual: its RMSE must equal bicubic's."""
+  from configs import test as test_config
+  from dsr_jax import evaluate
+  from dsr_jax import models as models_lib
+  from dsr_jax import state as state_lib
+  cfg = test_config.get_config()
+  cfg.model.use_denet = cfg.model.use_spnet = False
+  models = models_lib.build(cfg.model)
+  params = state_lib.init_params(models, jax.random.key(0), cfg.model.scale)['dsr']
+  params['tail'] = jax.tree.map(np.zeros_like, params['tail'])
+  r = evaluate.real_sensor(models.dsr, params, str(shared_data_dir), cfg.model.scale)
+  assert len(r['per_scene']) == 3
+  for v in r['per_scene'].values():
+    assert 0 < v['bicubic_rmse_cm'] < 100
+    np.testing.assert_allclose(v['rmse_cm'], v['bicubic_rmse_cm'], rtol=1e-4)
