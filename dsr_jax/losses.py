@@ -77,7 +77,8 @@ def affinity(f, p: int, kind: str = 'raw', tau: float = 0.1):
   f = adaptive_avg_pool(f.astype(jnp.float32), p)
   r = f.reshape(f.shape[0], -1, f.shape[-1])
   if kind == 'cosine':
-    r = r / jnp.maximum(jnp.linalg.norm(r, axis=-1, keepdims=True), 1e-12)
+    # rsqrt of a clamped square norm: the gradient stays finite for an all-zero pooled feature vector.
+    r = r * jax.lax.rsqrt(jnp.maximum(jnp.sum(r * r, axis=-1, keepdims=True), 1e-24))
     return jax.nn.softmax(jnp.einsum('bic,bjc->bij', r, r) / tau, axis=-1)
   return jax.nn.softmax(jnp.einsum('bic,bjc->bij', r, r), axis=-1)
 

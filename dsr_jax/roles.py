@@ -104,10 +104,11 @@ def make_phases(config) -> dict:
     if use_sp:
       terms += (_struct(loss_cfg, ('dsr', 'denet') if task else (student,)),)
     phases[name] = Phase(name, _trainable(trains['dsr'], trains['denet'], use_sp), terms, teacher_code)
-  terms = (dsr, de) + _distill(loss_cfg, 'dsr') + _distill(loss_cfg, 'denet')
-  if use_sp:
-    terms += (_struct(loss_cfg, ('dsr', 'denet')),)
-  phases['mutual'] = Phase('mutual', _trainable(True, True, use_sp), terms, MUTUAL)
+  if t.roles == 'mutual':  # its own compiled step, built only where it can run
+    terms = (dsr, de) + _distill(loss_cfg, 'dsr') + _distill(loss_cfg, 'denet')
+    if use_sp:
+      terms += (_struct(loss_cfg, ('dsr', 'denet')),)
+    phases['mutual'] = Phase('mutual', _trainable(True, True, use_sp), terms, MUTUAL)
   return phases
 
 

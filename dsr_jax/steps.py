@@ -107,6 +107,10 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int, 
     part = value if term.weight == 1.0 else term.weight * value
     weighted[term.name] = weighted[term.name] + part if term.name in weighted else part
     total = part if total is None else total + part
+  for name in ('out', 'aff'):  # 'mutual' distils both ways: log the mean, comparable with one direction
+    n = sum(term.name == name for term in phase.terms)
+    if n > 1:
+      t[name] = t[name] / n
   t['total'] = total
   return (total, t, weighted) if parts else (total, t)
 

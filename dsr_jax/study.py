@@ -141,17 +141,26 @@ def real_sensor(checkpoint: str, data_dir: str) -> dict:
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
   cfg, params = restore.load_for_inference(checkpoint)
-  return evaluate.real_sensor(models_lib.build(cfg.model).dsr, params, data_dir, int(cfg.model.scale))
+  root = readers.resolve_data_dir(data_dir)
+  if not (root / 'rgbdd' / 'realscene').is_dir():  # an optional split of the data
+    return None
+  return evaluate.real_sensor(models_lib.build(cfg.model).dsr, params, str(root), int(cfg.model.scale))
 
 
 def run_one(row: str, seed: int, a) -> dict:
   out_dir = os.path.join(a.out, f'{row}_s{seed}')
   result_path = os.path.join(out_dir, 'result.json')
+  arg, overrides, what = row_spec(row, a.scale)
   if os.path.exists(result_path):
     with open(result_path) as f:
-      return json.load(f)
-  arg, overrides, what = row_spec(row, a.scale)
+      done = json.load(f)
+    want = {'scale': a.scale, 'steps': a.steps or 3000}
+    got = {k: done.get(k, want[k]) for k in want}
+    if got != want:
+      raise errors.UserError(f'{result_path}: holds a run at {got}, not {want}; give another --out')
+    return done
   workdir = os.path.abspath(os.path.join(a.runs, f'{row}_s{seed}'))
   os.makedirs(workdir, exist_ok=True)
   log = os.path.join(workdir, 'study.log')
@@ -242,10 +251,10 @@ def table(rows: dict) -> str:
                  f'{_pm([m["mean"]["mad"] for m in mb])} | {_pm([m["mean"]["rmse"] for m in mb], 3)} | '
                  + ' | '.join(scenes) + f' | {_pm([r["val_mad_best"] for r in rs], 3)} | {_real(rs)} | '
                  f'{int(wall // 60)} min {int(wall % 60)} s |')
-  lines += ['', 'Gradient diagnostics, mean over stage-2 log steps (seed 0 where there are several), as a '
+  lines += ['', 'Gradient diagnostics, mean over stage-2 log steps (the lowest seed of each row), as a '
             "fraction of the network's own task-loss gradient:", '',
             '| row | L_O -> DSRNet | L_A -> DSRNet | L_struct -> DSRNet | L_O -> DENet | L_A -> DENet | '
-            'side err / main err (DSRNet) | teachers in stage 2 |', '|' + ' --- |' * 8]
+            'side err / main err (DSRNet) | teacher at stage-2 log steps |', '|' + ' --- |' * 8]
   for row in order:
     r = rows[row][0]
     g = r.get('grad_ratio_stage2', {})
@@ -267,11 +276,12 @@ def write_table(out: str, readme: str = '') -> str:
   if readme:
     with open(readme) as f:
       doc = f.read()
-    if README_BEGIN in doc and README_END in doc:
-      head, rest = doc.split(README_BEGIN, 1)
-      _, tail = rest.split(README_END, 1)
-      with open(readme, 'w') as f:
-        f.write(f'{head}{README_BEGIN}\n{text}{README_END}{tail}')
+    if not (README_BEGIN in doc and README_END in doc and doc.index(README_BEGIN) < doc.index(README_END)):
+      raise errors.UserError(f'--readme {readme}: expected the markers {README_BEGIN} ... {README_END}')
+    head, rest = doc.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    with open(readme, 'w') as f:
+      f.write(f'{head}{README_BEGIN}\n{text}{README_END}{tail}')
   return text
 
 
@@ -281,8 +291,9 @@ def build_parser():
   p.add_argument('--rows', default='A,D', help='comma list of rows (see above)')
   p.add_argument('--seeds', default='0', help='comma list of seeds')
   p.add_argument('--scale', type=int, default=4, choices=[2, 4, 8, 16])
-  p.add_argument('--out', default='results/ct_study', help='where results are stored (committed)')
-  p.add_argument('--runs', default='runs/ct_study', help='training workdirs (not committed)')
+  p.add_argument('--out', default='', help='where results are stored, committed (default results/ct_study at x4, '
+                 'results/ct_study_x<scale> otherwise)')
+  p.add_argument('--runs', default='', help='training workdirs, not committed (default runs/ct_study[_x<scale>])')
   p.add_argument('--data-dir', default='', help='the data directory (default: $DSR_DATA_DIR)')
   p.add_argument('--steps', type=int, default=0, help='override train.num_steps (0 = the preset)')
   p.add_argument('--nice', type=int, default=10, help='niceness of the training processes (0 = none)')
@@ -293,6 +304,9 @@ def build_parser():
 
 def main(argv=None) -> int:
   a = build_parser().parse_args(argv)
+  suffix = '' if a.scale == 4 else f'_x{a.scale}'
+  a.out = a.out or f'results/ct_study{suffix}'
+  a.runs = a.runs or f'runs/ct_study{suffix}'
   try:
     seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
   except ValueError:

@@ -132,7 +132,7 @@ def image_summaries(models, params, batch, scale: int):
          'error': jnp.abs(sr['depth'] - one['hr_depth']) * one['valid'],
          'structure_target': losses.gradient_magnitude(one['hr_depth'])}
   if models.denet is not None:
-    de = models.denet.apply({'params': params['denet']}, one['rgb'], train=True)
+    de = models.denet.apply({'params': params['denet']}, one['rgb'], one['lr_depth'], train=True)
     out['de'] = de['depth']
     if models.spnet is not None:
       out['structure_pred'] = models.spnet.apply({'params': params['spnet']}, sr['feats'][-1],
@@ -347,6 +347,11 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
       # Host copy of the teacher: it only changes at round starts, so reading state.teacher every step
       # would be a needless per-step host sync that stalls asynchronous dispatch.
       teacher = int(jax.device_get(state.teacher))
+      if teacher == roles.MUTUAL and 'mutual' not in phases:
+        # Resumed from a 'mutual' run under other train.roles: pick this round's teacher by the new rule.
+        e = jax.device_get(state.prev_err)
+        teacher = pick(float(e[0]), float(e[1]))
+        state = state.replace(teacher=jax.device_put(jnp.asarray(teacher, jnp.int32), repl))
       for step in range(start, tcfg.num_steps):
         if is_ct and roles.is_round_start(step, tcfg.stage1_steps, tcfg.round_steps):
           s_ = jax.device_get(state.err_sum) / max(int(jax.device_get(state.err_count)), 1)

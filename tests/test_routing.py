@@ -90,7 +90,7 @@ def _term_grads(cfg, models, params, phase, batch):
 
 @pytest.mark.parametrize('name,mode', sorted(ROUTING), ids=lambda x: x)
 def test_routing_table(name, mode):
-  cfg = _cfg(mode)
+  cfg = _cfg(mode, train__roles='mutual' if name == 'mutual' else 'rule')
   if name == 'dsr_only':
     cfg.model.use_denet = cfg.model.use_spnet = False
   models, params = _params(cfg)
@@ -305,3 +305,13 @@ def test_rule7_mutual_run_compiles_one_step_more_and_both_learn(tmp_path):
   assert log('train/teacher')[6] == roles.MUTUAL
   for tag in ('grad/out/dsr', 'grad/out/denet', 'grad/aff/dsr', 'grad/aff/denet'):
     assert log(tag)[6] > 0, tag
+
+
+def test_rule5_rgbd_run_trains_end_to_end(tmp_path):
+  """A whole (tiny) 'rgbd' run: image summaries, validation and checkpoints all feed DENet the LR depth."""
+  cfg = test_config.get_config()
+  cfg.model.teacher_input = 'rgbd'
+  cfg.train.roles = 'fixed_denet'
+  cfg.train.num_steps, cfg.ckpt.every_steps, cfg.train.grad_diagnostics = 4, 4, False
+  summary = train.train_and_evaluate(cfg, str(tmp_path))
+  assert summary['step'] == 4 and np.isfinite(summary['val_mad'])

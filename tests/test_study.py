@@ -13,6 +13,7 @@ from dsr_jax import study
 def _result(row, seed, mad, wall=100.0):
   per = {s: {'mad': mad + i * 0.01, 'rmse': 1.0} for i, s in enumerate(study.SCENES)}
   return {'row': row, 'seed': seed, 'what': f'row {row}', 'train_wall_s': wall, 'val_mad_best': 0.5,
+          'scale': 4, 'steps': 3000,
           'middlebury2005': {'mean': {'mad': mad, 'rmse': 1.0}, 'per_scene': per},
           'realscene': {'mean': {'rmse_cm': 7.0 + seed, 'bicubic_rmse_cm': 7.5}},
           'grad_ratio_stage2': {'out/dsr : dsr/dsr': 0.25}, 'stage2_mean': {'side_dsr': 0.004, 'e_dsr': 0.002},
@@ -57,7 +58,11 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
   _store(tmp_path, _result('A', 0, 0.2))
   monkeypatch.setattr(study, '_run', lambda *a, **k: pytest.fail('a finished run was trained again'))
   args = study.build_parser().parse_args(['--out', str(tmp_path), '--runs', str(tmp_path / 'runs')])
+  args.steps = 0
   assert study.run_one('A', 0, args)['middlebury2005']['mean']['mad'] == 0.2
+  args.steps = 300  # a stored run of another length is refused, not reused
+  with pytest.raises(errors.UserError, match='not .*300'):
+    study.run_one('A', 0, args)
 
 
 def test_real_sensor_protocol_bicubic_identity(shared_data_dir):

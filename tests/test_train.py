@@ -145,7 +145,10 @@ def test_role_logic_sequence_and_ties():
   assert roles.role_rule('fixed_denet')(0.1, 0.9) == roles.DENET
   assert roles.role_rule('fixed_dsr')(0.9, 0.1) == roles.DSR
   assert roles.role_rule('mutual')(0.1, 0.9) == roles.MUTUAL
-  assert roles.phase_for(phases, roles.MUTUAL).name == 'mutual'
+  assert 'mutual' not in phases  # its step exists only for train.roles='mutual'
+  mutual = test_config.get_config()
+  mutual.train.roles = 'mutual'
+  assert roles.phase_for(_phases(mutual), roles.MUTUAL).name == 'mutual'
   assert roles.phase_for(phases, roles.NO_TEACHER).name == 'stage1'
   assert roles.phase_for(phases, roles.DSR, cross_task=False).name == 'dsr_only'
   assert [roles.is_round_start(s, 4, 2) for s in range(9)] == [False] * 4 + [True, False, True, False, True]

@@ -38,7 +38,7 @@ def build(model_cfg) -> Models:
                       f'{", ".join(map(repr, TEACHER_INPUTS))}')
   dsr = DSRNet(scale=model_cfg.scale, channels=model_cfg.channels, feat=model_cfg.feat,
                stages=model_cfg.stages, residual=model_cfg.get('residual', True),
-               side_residual=model_cfg.get('side_residual', True),
+               side_residual=model_cfg.get('side_residual', False),  # configs saved before Revision 2 had none
                impl=model_cfg.get('bp_impl', 'polyphase'), dtype=dt)
   use_de = model_cfg.get('use_denet', True)
   rgbd = model_cfg.get('teacher_input', 'rgb') == 'rgbd'
