@@ -288,12 +288,16 @@ def test_revision2_fields_are_validated(field, value, needle):
     train.validate(cfg)
 
 
-def test_rule7_mutual_run_compiles_one_step_more_and_both_learn(tmp_path):
+def test_rule7_mutual_rgbd_run_compiles_one_step_more_and_both_learn(tmp_path):
+  """A whole tiny run with train.roles='mutual' and an 'rgbd' teacher (rule 5): image summaries, validation
+  and checkpoints all feed DENet the LR depth, and only one step more than stage 1's is compiled."""
   cfg = test_config.get_config()
   cfg.train.roles = 'mutual'
+  cfg.model.teacher_input = 'rgbd'
   cfg.train.num_steps, cfg.ckpt.every_steps = 6, 6
   steps.TRACES.clear()
-  train.train_and_evaluate(cfg, str(tmp_path))
+  summary = train.train_and_evaluate(cfg, str(tmp_path))
+  assert summary['step'] == 6 and np.isfinite(summary['val_mad'])
   assert dict(steps.TRACES) == {'stage1': 1, 'mutual': 1}
   import glob  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -306,12 +310,3 @@ def test_rule7_mutual_run_compiles_one_step_more_and_both_learn(tmp_path):
   for tag in ('grad/out/dsr', 'grad/out/denet', 'grad/aff/dsr', 'grad/aff/denet'):
     assert log(tag)[6] > 0, tag
 
-
-def test_rule5_rgbd_run_trains_end_to_end(tmp_path):
-  """A whole (tiny) 'rgbd' run: image summaries, validation and checkpoints all feed DENet the LR depth."""
-  cfg = test_config.get_config()
-  cfg.model.teacher_input = 'rgbd'
-  cfg.train.roles = 'fixed_denet'
-  cfg.train.num_steps, cfg.ckpt.every_steps, cfg.train.grad_diagnostics = 4, 4, False
-  summary = train.train_and_evaluate(cfg, str(tmp_path))
-  assert summary['step'] == 4 and np.isfinite(summary['val_mad'])
