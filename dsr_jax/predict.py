@@ -3,8 +3,9 @@
   python -m dsr_jax.predict --checkpoint C --input FILE_OR_DIR --output DIR [--scale S]
       [--tile 512] [--overlap 32] [--ensemble] [--overwrite] [--norm N]
 
-Inputs: an 8- or 16-bit single-channel PNG, or a 2-D float (or integer) .npy depth map, of any size; a
-directory processes every *.png / *.npy in it, sorted by name. The checkpoint is anything
+Inputs: an 8- or 16-bit single-channel (single-frame) PNG, or a 2-D (or (H, W, 1)) float or integer .npy
+depth map, of any size; a directory processes every *.png / *.npy in it, sorted by name (a symbolic link
+among them that leads nowhere is an unreadable input, like a corrupt file). The checkpoint is anything
 `dsr_jax.restore.resolve_checkpoint` accepts (a training workdir, its checkpoints/ directory or one step).
 
 Units: the network works on depth / norm in [0, 1], with the norm it was trained with. The norm is read
@@ -16,7 +17,8 @@ depth onto [0, 1]. Without --norm, an input whose valid depth exceeds 2x the nor
 unit mismatch (millimetres given to a disparity checkpoint), whose output would look plausible and be
 wrong. The output is in the same unit and storage type as the input: 16-bit PNG -> 16-bit
 PNG and 8-bit PNG -> 8-bit PNG (rounded, clipped to the type's range; valid pixels are at least 1 so that
-0 always means a hole), .npy -> .npy of the same dtype (floats clipped below at 0).
+0 always means a hole), .npy -> .npy of the same dtype and shape ((H, W, 1) -> (sH, sW, 1); floats clipped
+below at 0).
 
 Holes: zero, negative or non-finite (NaN, inf) input pixels are holes. For the network they are filled
 with the nearest valid depth; in the output they stay holes at the upsampled positions (nearest-neighbour
@@ -24,8 +26,10 @@ upsampling of the hole mask: output pixel (i, j) is a hole when input pixel (i /
 input's hole value: 0, or NaN for NaN holes of a float .npy.
 
 Outputs, for input <stem>.<ext> at scale s: <stem>_x<s>.<ext> (exactly s times the input size) and a
-colourised preview <stem>_x<s>_color.png (viridis over the valid output range, holes black). Each file is
-written to a temporary name and renamed, so an interrupted run leaves no half-written output.
+colourised preview <stem>_x<s>_color.png (viridis over the valid output range, holes black). Every output
+is written to a temporary name in the output directory and all are renamed at the end, so a run that fails
+or is interrupted while writing (a full disk) leaves no output and any older ones (--overwrite) intact.
+The output directory may not lie inside a checkpoint directory (its files would become part of it).
 
 Large inputs are tiled: --tile counts input (LR) pixels per tile side, --overlap input pixels of context
 per side (raised to the network's receptive field, 6 x model.stages); the result is identical to untiled
@@ -35,9 +39,9 @@ a tile has at least 8 input pixels.
 
 Errors (bad input file, corrupt PNG, truncated .npy, a multi-channel image given as depth, a --scale that
 contradicts the checkpoint's, a missing or incomplete checkpoint, an output that already exists without
---overwrite, a depth map without any valid pixel, depth far outside the checkpoint's range) print one line
-to stderr and exit with status 2. All inputs and outputs are checked before anything is written, so a
-refused run writes nothing.
+--overwrite or cannot be written, a depth map without any valid pixel, depth far outside the checkpoint's
+range) print one line to stderr and exit with status 2. All inputs and outputs are checked before anything
+is written, so a refused run writes nothing.
 """
 import argparse
 import contextlib
@@ -58,6 +62,7 @@ from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
 from dsr_jax.errors import one_line
+from dsr_jax.errors import positive_int
 
 SUFFIXES = ('.png', '.npy')
 PNG_MODES = {'L': 'png8', 'I;16': 'png16', 'I;16L': 'png16', 'I;16B': 'png16', 'I': 'png16'}
@@ -82,11 +87,22 @@ class DepthInput:
   shape: tuple[int, int]
   data: np.ndarray | None = None  # decoded values, kept for small inputs
   peak: float = 0.0  # largest valid depth, in stored units
+  channel_axis: bool = False  # an (H, W, 1) .npy: its output keeps the axis
 
 
 def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
-  """Decodes one input file: (array in its stored dtype, kind); UserError for anything but a depth map."""
+  """Decodes one input file: ((H, W) array in its stored dtype, kind); UserError for anything but depth."""
+  a, kind, _ = _read_depth(path)
+  return a, kind
+
+
+def _read_depth(path: pathlib.Path) -> tuple[np.ndarray, str, bool]:
+  """read_depth, and whether the stored array had a trailing channel axis of 1."""
+  if path.is_symlink() and not path.exists():
+    raise UserError(f'{path}: symbolic link to {os.readlink(path)!r}, which does not resolve (dangling or a '
+                    'loop); expected a .png or .npy depth map')
   suffix = path.suffix.lower()
+  channel_axis = False
   if suffix == '.npy':
     try:
       a = np.load(path, allow_pickle=False)
@@ -96,7 +112,7 @@ def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
     if not isinstance(a, np.ndarray):
       raise UserError(f'{path}: not a single .npy array (expected a 2-D depth array)')
     if a.ndim == 3 and a.shape[-1] == 1:
-      a = a[..., 0]
+      a, channel_axis = a[..., 0], True
     if a.ndim == 3 and a.shape[-1] in (3, 4):
       raise UserError(f'{path}: a {a.shape[-1]}-channel array {a.shape} given as depth; expected one '
                       'channel (H, W)')
@@ -104,7 +120,7 @@ def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
       raise UserError(f'{path}: expected a 2-D depth array (H, W), got shape {a.shape}')
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
       raise UserError(f'{path}: expected a float or integer depth array, got dtype {a.dtype}')
-    return a, 'npy'
+    return a, 'npy', channel_axis
   if suffix != '.png':
     raise UserError(f'{path}: unsupported file type {path.suffix!r} (expected a .png or .npy depth map)')
   try:
@@ -118,6 +134,8 @@ def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
   if image.format != 'PNG':
     raise UserError(f'{path}: is a {image.format} image, not a PNG (expected an 8- or 16-bit single-channel '
                     'PNG)')
+  if getattr(image, 'n_frames', 1) > 1:  # Pillow decodes the first frame only: the rest would be lost
+    raise UserError(f'{path}: an animated PNG ({image.n_frames} frames); expected a single-frame depth PNG')
   kind = PNG_MODES.get(image.mode)
   if kind is None:
     bands = len(image.getbands())
@@ -128,7 +146,7 @@ def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
     if a.min() < 0 or a.max() > 65535:
       raise UserError(f'{path}: 32-bit integer PNG values outside 0..65535 (expected 8- or 16-bit depth)')
     a = a.astype(np.uint16)
-  return a, kind
+  return a, kind, channel_axis
 
 
 def hole_mask(a: np.ndarray) -> np.ndarray:
@@ -142,7 +160,9 @@ def hole_mask(a: np.ndarray) -> np.ndarray:
 def list_inputs(path: str) -> list[pathlib.Path]:
   p = pathlib.Path(path).expanduser()
   if p.is_dir():
-    files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUFFIXES)
+    # Links that lead nowhere are kept, to fail in read_depth: skipping them would drop inputs silently.
+    files = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES
+                   and (q.is_file() or (q.is_symlink() and not q.exists())))
     if not files:
       raise UserError(f'--input {p}: directory has no .png or .npy files')
     return files
@@ -155,14 +175,14 @@ def check_inputs(files: list[pathlib.Path]) -> list[DepthInput]:
   """Decodes every input once (all errors surface before anything is written)."""
   out, kept = [], 0
   for path in files:
-    a, kind = read_depth(path)
+    a, kind, channel_axis = _read_depth(path)
     holes = hole_mask(a)
     if holes.all():
       raise UserError(f'{path}: no valid depth pixel (every pixel is 0, negative or NaN)')
     keep = kept + a.size <= _KEEP_PIXELS
     kept += a.size if keep else 0
     peak = float(np.max(a, where=~holes, initial=0))
-    out.append(DepthInput(path, kind, a.dtype, a.shape, a if keep else None, peak))
+    out.append(DepthInput(path, kind, a.dtype, a.shape, a if keep else None, peak, channel_axis))
   return out
 
 
@@ -186,7 +206,7 @@ def check_range(inp: DepthInput, norm: float, config) -> None:
 def input_norm(config, kind: str, override: float) -> float:
   """depth / norm in [0, 1] for the network (see the module docstring)."""
   from input_pipeline import readers  # pylint: disable=g-import-not-at-top
-  if override:
+  if override is not None:
     return float(override)
   if kind == 'png8':
     return 255.0
@@ -208,8 +228,24 @@ def output_paths(inp: DepthInput, out_dir: pathlib.Path, scale: int) -> tuple[pa
   return out_dir / f'{stem}_x{scale}.{ext}', out_dir / f'{stem}_x{scale}_color.png'
 
 
+def check_not_in_checkpoint(out_dir: pathlib.Path) -> None:
+  """Refuses an output inside any checkpoint directory (a run's checkpoints/, an export, one step): a
+  directory there named by an integer is taken for a step, and files in a step dir for part of it."""
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  real = pathlib.Path(os.path.realpath(out_dir))
+  for d in (real, *real.parents):
+    # A directory is a checkpoint directory when it holds an integer-named step; requiring the step's
+    # contents (not only a name) keeps a user's numbered folders out.
+    steps = restore.saved_steps(d)
+    if any(restore._is_step_dir(d / str(s)) for s in steps):  # pylint: disable=protected-access
+      where = 'is' if d == real else 'lies inside'
+      raise UserError(f'--output {out_dir}: {where} the checkpoint directory {d} (expected a directory '
+                      'outside any checkpoint: what predict writes there would become part of it)')
+
+
 def check_outputs(inputs, out_dir: pathlib.Path, scale: int, overwrite: bool):
-  paths.check_dir_target(out_dir, '--output')
+  paths.check_dir_target(out_dir, '--output', writable=True)
+  check_not_in_checkpoint(out_dir)
   seen = {}
   for inp in inputs:
     for p in output_paths(inp, out_dir, scale):
@@ -257,32 +293,43 @@ def colourise(depth, holes_hr, rows: int = 1024) -> np.ndarray:
   return out
 
 
-def _write_atomic(path: pathlib.Path, write) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  os.close(fd)
+def _stage(path: pathlib.Path, write, staged: list) -> None:
+  """Writes `path`'s content under a temporary name beside it, recorded in `staged` as (temporary, path);
+  `commit` renames them all once every output is written."""
   try:
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
+    staged.append((tmp, path))
     write(tmp)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  except OSError as e:
+    raise UserError(f'{path}: cannot write it ({one_line(e)})') from e
 
 
-def _save_png(array: np.ndarray, path: pathlib.Path) -> None:
-  _write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format='PNG'))
+def _save_png(array: np.ndarray, path: pathlib.Path, staged: list) -> None:
+  _stage(path, lambda tmp: Image.fromarray(array).save(tmp, format='PNG'), staged)
 
 
-def _save_npy(array: np.ndarray, path: pathlib.Path) -> None:
+def _save_npy(array: np.ndarray, path: pathlib.Path, staged: list) -> None:
   def write(tmp):
     with open(tmp, 'wb') as f:
       np.save(f, array, allow_pickle=False)
-  _write_atomic(path, write)
+  _stage(path, write, staged)
+
+
+def commit(staged: list) -> None:
+  """Renames every staged output onto its name (same directory: each rename is atomic, needs no space)."""
+  for done, (tmp, path) in enumerate(staged):
+    try:
+      os.replace(tmp, path)
+    except OSError as e:
+      raise UserError(f'{path}: cannot rename {tmp} onto it ({one_line(e)}); {done} of {len(staged)} '
+                      'output files were put in place, the others are unchanged') from e
 
 
 def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: pathlib.Path, tile: int,
-            overlap: int, ensemble: bool) -> tuple[pathlib.Path, float]:
-  """Super-resolves one input and writes its two outputs; returns (output path, seconds)."""
+            overlap: int, ensemble: bool, staged: list) -> tuple[pathlib.Path, float]:
+  """Super-resolves one input and stages its two outputs (see _stage); returns (output path, seconds)."""
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from input_pipeline import transforms  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
@@ -302,10 +349,10 @@ def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: p
   del pred
   path, colour_path = output_paths(inp, out_dir, scale)
   if inp.kind == 'npy':
-    _save_npy(out, path)
+    _save_npy(out[..., None] if inp.channel_axis else out, path, staged)
   else:
-    _save_png(out, path)
-  _save_png(colourise(out, holes_hr), colour_path)
+    _save_png(out, path, staged)
+  _save_png(colourise(out, holes_hr), colour_path, staged)
   return path, time.perf_counter() - t0
 
 
@@ -339,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help='training workdir, its checkpoints/ directory, or one step directory')
   p.add_argument('--input', required=True, help='a .png/.npy depth map, or a directory of them')
   p.add_argument('--output', required=True, help='output directory (created if missing)')
-  p.add_argument('--scale', type=int, default=0,
+  p.add_argument('--scale', type=positive_int, default=None,
                  help="upsampling factor; must equal the checkpoint's (default: the checkpoint's)")
   p.add_argument('--tile', type=int, default=512,
                  help='input (LR) pixels per tile side for bounded memory; 0 = whole image (default 512)')
@@ -347,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help='input pixels of context on each tile side; raised to the receptive field (default 32)')
   p.add_argument('--ensemble', action='store_true', help='8-way flip/transpose self-ensemble (8x slower)')
   p.add_argument('--overwrite', action='store_true', help='replace outputs that already exist')
-  p.add_argument('--norm', type=float, default=0.0,
+  p.add_argument('--norm', type=float, default=None,
                  help='divide input depth by this to get [0, 1] (default: from the checkpoint, see below)')
   return p
 
@@ -358,8 +405,8 @@ def predict(args) -> int:
     raise UserError(f'--tile {args.tile}: expected 0 (whole image) or >= {MIN_TILE} input pixels')
   if args.overlap < 0:
     raise UserError(f'--overlap {args.overlap}: expected >= 0')
-  if args.norm < 0 or not np.isfinite(args.norm):
-    raise UserError(f'--norm {args.norm}: expected a positive number')
+  if args.norm is not None and not (np.isfinite(args.norm) and args.norm > 0):
+    raise UserError(f'--norm {args.norm:g}: expected a positive number (the depth value that maps onto 1)')
   # Inputs first (no JAX needed), then the checkpoint's config; the parameters are restored only once
   # everything else is known to be fine.
   source = pathlib.Path(args.input).expanduser()
@@ -371,12 +418,12 @@ def predict(args) -> int:
   root, step = restore.resolve_checkpoint(args.checkpoint)
   config = restore.read_config(root, step)
   scale = int(config.model.scale)
-  if args.scale and args.scale != scale:
+  if args.scale is not None and args.scale != scale:
     raise UserError(f"--scale {args.scale} contradicts the checkpoint's scale {scale} "
                     f'({os.path.join(root, str(step))}); omit --scale or pass --scale {scale}')
   norms = [input_norm(config, inp.kind, args.norm) for inp in inputs]
   for inp, norm in zip(inputs, norms):
-    if not args.norm:  # An explicit --norm is the user's statement of the unit.
+    if args.norm is None:  # An explicit --norm is the user's statement of the unit.
       check_range(inp, norm, config)
     elif not _finite_ratio(inp.peak, norm):
       raise UserError(f'--norm {args.norm:g}: {inp.path} divided by it overflows float32 (expected the '
@@ -387,13 +434,33 @@ def predict(args) -> int:
     _, params, _ = restore.load_params(os.path.join(root, str(step)), ('dsr',))
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   dsr = models_lib.build(config.model).dsr
-  out_dir.mkdir(parents=True, exist_ok=True)
+  created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again on failure
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'--output {out_dir}: cannot create it ({one_line(e)})') from e
   total = time.perf_counter()
-  for inp, norm in zip(inputs, norms):
-    path, seconds = process(inp, dsr, params['dsr'], scale=scale, norm=norm, out_dir=out_dir,
-                            tile=args.tile, overlap=args.overlap, ensemble=args.ensemble)
-    h, w = inp.shape
-    print(f'{inp.path} -> {path} ({h}x{w} -> {scale * h}x{scale * w}, {seconds:.2f} s)', flush=True)
+  staged, committed = [], False
+  try:
+    try:
+      for inp, norm in zip(inputs, norms):
+        path, seconds = process(inp, dsr, params['dsr'], scale=scale, norm=norm, out_dir=out_dir,
+                                tile=args.tile, overlap=args.overlap, ensemble=args.ensemble, staged=staged)
+        h, w = inp.shape
+        print(f'{inp.path} -> {path} ({h}x{w} -> {scale * h}x{scale * w}, {seconds:.2f} s)', flush=True)
+    except UserError as e:
+      raise UserError(f'{e}; no output was written (files already in --output {out_dir} are '
+                      'unchanged)') from e
+    commit(staged)
+    committed = True
+  finally:
+    for tmp, _ in staged:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+    if not committed:
+      for d in created:  # innermost first; a directory someone else wrote to stays
+        with contextlib.suppress(OSError):
+          os.rmdir(d)
   print(f'{len(inputs)} file(s) in {time.perf_counter() - total:.2f} s (checkpoint step {step}, x{scale})')
   return 0
 

@@ -305,6 +305,72 @@ def _predict_missing_checkpoint(root, _):
   return _predict(root / 'no_such_run', inp, root / 'out'), [str(root / 'no_such_run')]
 
 
+def _predict_norm_zero(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(ckpt, inp, root / 'out', '--norm', '0'), ['--norm 0', 'positive number']
+
+
+def _predict_scale_zero(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(ckpt, inp, root / 'out', '--scale', '0'), ['--scale', "'0'", 'positive integer']
+
+
+def _run_copy(root, ckpt):
+  # A copy inside the case directory, so that anything predict writes into it is seen.
+  shutil.copytree(ckpt, root / 'run')
+  return root / 'run'
+
+
+def _predict_output_new_step_dir(root, ckpt):
+  run = _run_copy(root, ckpt)
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  out = run / 'checkpoints' / '9'  # would be taken for step 9
+  return _predict(run, inp, out), [f'--output {out}', f'lies inside the checkpoint directory {out.parent}']
+
+
+def _predict_output_in_step_dir(root, ckpt):
+  run = _run_copy(root, ckpt)
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  out = run / 'checkpoints' / '1'
+  return _predict(ckpt, inp, out), [f'--output {out}', str(out.parent)]
+
+
+def _predict_output_is_exported_checkpoint(root, ckpt):
+  exported = root / 'dsrnet_x2'  # the layout of dsr_jax.export's output: <dir>/<step>/{params,config}
+  shutil.copytree(ckpt / 'checkpoints', exported)
+  inp = _depth_npy(root / 'in' / 'scan.npy')
+  return _predict(exported, inp, exported), [f'--output {exported}', 'is the checkpoint directory']
+
+
+def _predict_dangling_link_in_dir(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'a.npy')
+  bad = inp.parent / 'b.png'
+  bad.symlink_to(root / 'gone.png')
+  return _predict(ckpt, inp.parent, root / 'out'), [str(bad), 'does not resolve']
+
+
+def _predict_link_loop_in_dir(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'a.npy')
+  bad = inp.parent / 'b.npy'
+  bad.symlink_to(bad)
+  return _predict(ckpt, inp.parent, root / 'out'), [str(bad), 'does not resolve']
+
+
+def _predict_animated_png(root, ckpt):
+  bad = root / 'in' / 'scan.png'
+  bad.parent.mkdir()
+  frames = [Image.fromarray(np.full((12, 16), v, np.uint8)) for v in (100, 200)]
+  frames[0].save(bad, save_all=True, append_images=frames[1:])
+  return _predict(ckpt, bad, root / 'out'), [str(bad), 'animated', '2 frames']
+
+
+def _predict_mm_in_dir(root, ckpt):
+  inp = _depth_npy(root / 'in' / 'a.npy')
+  bad = inp.parent / 'b.png'
+  Image.fromarray(np.full((12, 16), 1500, np.uint16)).save(bad)
+  return _predict(ckpt, inp.parent, root / 'out'), [str(bad), '1500', '--norm']
+
+
 def _builder(dataset, manual, out):
   return ['--dataset', dataset, '--manual_dir', str(manual), '--data_dir', str(out)]
 
@@ -372,6 +438,15 @@ CASES = [
     Case('predict-tile-too-small', 'predict', _predict_tile_too_small),
     Case('predict-output-is-input-dir', 'predict', _predict_output_is_input_dir),
     Case('predict-16bit-mm-for-relative-checkpoint', 'predict', _predict_mm_for_relative_checkpoint),
+    Case('predict-16bit-mm-among-a-directory', 'predict', _predict_mm_in_dir),
+    Case('predict-norm-zero', 'predict', _predict_norm_zero),
+    Case('predict-scale-zero', 'predict', _predict_scale_zero),
+    Case('predict-output-new-step-in-checkpoints', 'predict', _predict_output_new_step_dir),
+    Case('predict-output-in-a-step-dir', 'predict', _predict_output_in_step_dir),
+    Case('predict-output-is-an-exported-checkpoint', 'predict', _predict_output_is_exported_checkpoint),
+    Case('predict-dangling-symlink-in-dir', 'predict', _predict_dangling_link_in_dir),
+    Case('predict-symlink-loop-in-dir', 'predict', _predict_link_loop_in_dir),
+    Case('predict-animated-png', 'predict', _predict_animated_png),
     Case('builder-missing-manual-dir', 'builder', _builder_missing_manual_dir),
     Case('builder-empty-manual-dir', 'builder', _builder_empty_manual_dir),
     Case('builder-empty-dataset', 'builder', _builder_empty),
@@ -454,6 +529,11 @@ def _run_case(case: Case, root: pathlib.Path, ckpt: pathlib.Path | None) -> Resu
 
 
 @pytest.fixture(scope='module')
+def x2_checkpoint(tmp_path_factory):
+  return _make_checkpoint(tmp_path_factory.mktemp('x2_run'))
+
+
+@pytest.fixture(scope='module')
 def results(request, tmp_path_factory):
   """Runs every selected case (two at a time); {case id: Result}."""
   params = [getattr(getattr(item, 'callspec', None), 'params', {}) for item in request.session.items
@@ -462,7 +542,7 @@ def results(request, tmp_path_factory):
   cases = [c for c in CASES if c.id in selected and (c.tool != 'predict' or PREDICT.exists())]
   ckpt = None
   if any(c.tool == 'predict' or c.id == 'main-resume-with-other-model' for c in cases):
-    ckpt = _make_checkpoint(tmp_path_factory.mktemp('x2_run'))
+    ckpt = request.getfixturevalue('x2_checkpoint')
   base = tmp_path_factory.mktemp('cases')
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
     futures = {c.id: pool.submit(_run_case, c, base / c.id, ckpt) for c in cases}
@@ -498,3 +578,77 @@ def test_bad_input(case, results):
 
 def test_enough_cases():
   assert len(CASES) >= 12 and len({c.id for c in CASES}) == len(CASES)
+
+
+# ------------------------------------------------------------------------------------------ in-process
+# Failures no real input can cause on this machine (a full disk; a refused mkdir, when tests run as root),
+# injected into `dsr_jax.predict.main`; the same rules: status 2, one error line, nothing changed.
+
+
+def _files(snapshot: dict) -> dict:
+  return {k: v for k, v in snapshot.items() if v[0] == 'file'}
+
+
+def _main_in_process(capsys, argv) -> tuple[int, str]:
+  from dsr_jax import predict  # pylint: disable=g-import-not-at-top
+  capsys.readouterr()
+  rc = predict.main([str(a) for a in argv])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error:'), err
+  return rc, err[0]
+
+
+def test_predict_npy_keeps_channel_axis(x2_checkpoint, tmp_path):
+  from dsr_jax import predict  # pylint: disable=g-import-not-at-top
+  inp = _depth_npy(tmp_path / 'in' / 'scan.npy', (_depth_m(12, 16) / 4)[..., None])
+  assert predict.main(_predict(x2_checkpoint, inp, tmp_path / 'out')) == 0
+  assert np.load(tmp_path / 'out' / 'scan_x2.npy').shape == (24, 32, 1)
+
+
+def test_predict_disk_full_keeps_old_outputs(x2_checkpoint, tmp_path, capsys, monkeypatch):
+  from dsr_jax import predict  # pylint: disable=g-import-not-at-top
+  for name in ('a', 'b'):
+    _depth_npy(tmp_path / 'in' / f'{name}.npy')
+  argv = _predict(x2_checkpoint, tmp_path / 'in', tmp_path / 'out', '--overwrite')
+  assert predict.main(argv) == 0
+  before = _snapshot(tmp_path)
+  stage, written = predict._stage, []  # pylint: disable=protected-access
+
+  def filling(path, write, staged):
+    def write_until_full(tmp):
+      written.append(path)
+      if len(written) == 3:  # a's two outputs are staged; the disk fills during b's
+        pathlib.Path(tmp).write_bytes(b'half')
+        raise OSError(28, 'No space left on device')
+      write(tmp)
+    stage(path, write_until_full, staged)
+
+  monkeypatch.setattr(predict, '_stage', filling)
+  rc, line = _main_in_process(capsys, argv)
+  assert rc == 2
+  for needle in (str(tmp_path / 'out' / 'b_x2.npy'), 'No space left on device', 'no output was written'):
+    assert needle in line, line
+  after = _snapshot(tmp_path)
+  # The same entries (no temporary file left) and files (a's old outputs not replaced); only the output
+  # directory's mtime moved, with the temporary files.
+  assert after.keys() == before.keys()
+  assert _files(after) == _files(before)
+
+
+def test_predict_output_cannot_be_created(x2_checkpoint, tmp_path, capsys, monkeypatch):
+  inp = _depth_npy(tmp_path / 'in' / 'scan.npy')
+  out = tmp_path / 'new' / 'out'
+  makedirs = os.makedirs
+
+  def refused(name, *args, **kwargs):
+    if pathlib.Path(name) == out:
+      raise PermissionError(13, 'Permission denied', str(name))
+    return makedirs(name, *args, **kwargs)
+
+  monkeypatch.setattr(os, 'makedirs', refused)
+  before = _snapshot(tmp_path)
+  rc, line = _main_in_process(capsys, _predict(x2_checkpoint, inp, out))
+  assert rc == 2
+  for needle in (f'--output {out}', 'cannot create it', 'PermissionError'):
+    assert needle in line, line
+  assert _snapshot(tmp_path) == before
