@@ -61,10 +61,6 @@ class Phase:
     return tuple(dict.fromkeys(t.student for t in self.terms if t.student))
 
 
-def _other(net: str) -> str:
-  return 'denet' if net == 'dsr' else 'dsr'
-
-
 def _trainable(dsr, denet, spnet):
   return (('dsr', dsr), ('denet', denet), ('spnet', spnet))
 

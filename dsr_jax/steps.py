@@ -35,7 +35,7 @@ def _cut(outputs: dict, nets) -> dict:
 
 
 def _side_l1(sides, hr, v):
-  return sum(losses.l1(s, hr, v) for s in sides) / len(sides)
+  return losses.side_l1(sides, [hr] * len(sides), v)  # side supervision: every side output against D_hr
 
 
 def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg):
@@ -120,11 +120,13 @@ def term_grad_norms(params, batch, *, models, phase: roles.Phase, loss_cfg, scal
 
   The same loss_fn and routing as the train step (frozen networks get zero), before gradient clipping.
   """
-  names = tuple(dict.fromkeys(term.name for term in phase.terms))
+  # One forward pass, one pullback per term.
+  weighted, pullback = jax.vjp(lambda p: loss_fn(p, batch, models=models, phase=phase, loss_cfg=loss_cfg,
+                                                 scale=scale, parts=True)[2], params)
   out = {}
-  for name in names:
-    grads = jax.grad(lambda p, n=name: loss_fn(p, batch, models=models, phase=phase, loss_cfg=loss_cfg,
-                                                  scale=scale, parts=True)[2][n])(params)
+  for name in weighted:
+    cotangent = {k: jnp.ones_like(v) if k == name else jnp.zeros_like(v) for k, v in weighted.items()}
+    grads, = pullback(cotangent)
     out[name] = {net: optax.tree.norm(g) for net, g in grads.items()}
   return out
 
