@@ -3,6 +3,7 @@
 Kept short on purpose (as the flax examples do) so the logic stays importable from tests and Colab.
 A mistake in the user's config, data or files prints one line and exits with status 2.
 """
+import logging as py_logging
 import os
 import re
 import sys
@@ -24,14 +25,25 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.', 
 def run(config, workdir: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from dsr_jax.errors import one_line  # pylint: disable=g-import-not-at-top
   try:
+    from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
+    from dsr_jax import paths  # pylint: disable=g-import-not-at-top
     from dsr_jax import xla_options  # pylint: disable=g-import-not-at-top
+    # Before any work: a NaN learning rate or an unwritable workdir would otherwise show only at the end.
+    config_lib.check_numbers(config)
+    paths.check_dir_target(workdir, '--workdir', writable=True)
     xla_options.set_cpu_convolutions(config.get('cpu_convolutions', 'eigen'))
     if config.train.distributed:
       jax.distributed.initialize()
     if config.mode == 'train':
       from dsr_jax import train  # pylint: disable=g-import-not-at-top
       summary = train.train_and_evaluate(config, workdir)
+      if summary.get('preempted'):
+        if jax.process_index() == 0:
+          print(f"preempted at step {summary['step']} ({summary['signal']}); checkpoint saved in "
+                f"{summary['checkpoints']}; re-run the same command to resume", flush=True)
+        return 0
       if jax.process_index() == 0:
         print(f"done: step {summary['step']}; validation MAD {summary['val_mad']:.4f} vs bicubic "
               f"{summary['bicubic_mad']:.4f} ({summary['val_images']} images, "
@@ -48,6 +60,17 @@ def run(config, workdir: str) -> int:
     raise UserError(f"mode={config.mode!r}: expected 'train' or 'eval'")
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
+    if type(e).__name__ == 'CheckpointWriteError':
+      # orbax's writer threads that met the failure wait minutes for signals that never come; the run's
+      # state is on disk (or knowingly not), so do not wait for them at exit.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(2)  # pylint: disable=protected-access
+    return 2
+  except OSError as e:
+    # The file system refused one of the user's paths (permissions, a read-only or full disk).
+    where = f'{e.filename}: ' if e.filename else ''
+    print(f'error: {where}{e.strerror or one_line(e)}', file=sys.stderr)
     return 2
 
 
@@ -58,8 +81,27 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     print('error: --config and --workdir are required', file=sys.stderr)
     return 2
+  if not FLAGS['verbosity'].present:
+    quiet_logs()
   logging.info('workdir %s', FLAGS.workdir)
   return run(FLAGS.config, FLAGS.workdir)
+
+
+def _quiet_filter(record) -> bool:
+  return record.levelno >= py_logging.CRITICAL or 'orbax' not in record.pathname.replace('\\', '/').split('/')
+
+
+def quiet_logs() -> None:
+  """The default console: our own lines only (progress, validation, warnings, the one error line).
+
+  Library INFO is hidden, and orbax's records below CRITICAL too: it reports what goes wrong through
+  exceptions, which become one line here; its logs of the same failure would bury it. `--verbosity=0`
+  (absl's flag) shows everything again.
+  """
+  logging.set_verbosity(logging.WARNING)
+  handler = logging.get_absl_handler()
+  if _quiet_filter not in handler.filters:
+    handler.addFilter(_quiet_filter)
 
 
 def _one_line(e: BaseException) -> str:

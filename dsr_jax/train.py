@@ -2,6 +2,7 @@
 
 No math lives here: losses are in losses.py, the steps in steps.py, the role logic in roles.py.
 """
+import contextlib
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ import matplotlib
 import numpy as np
 
 from dsr_jax import checkpointing
+from dsr_jax import lifecycle
 from dsr_jax import models as models_lib
 from dsr_jax import optim
 from dsr_jax import paths
@@ -26,6 +28,7 @@ from dsr_jax import steps
 from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
+from dsr_jax.errors import one_line
 
 
 class NonFiniteLoss(UserError):
@@ -277,140 +280,171 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   _keep_tf_off_accelerators()
   os.makedirs(workdir, exist_ok=True)
+  # Held until the run ends; a second run on this workdir refuses instead of mixing its checkpoints in.
+  with lifecycle.workdir_lock(workdir), lifecycle.StopRequest() as stop:
 
-  mngr = checkpointing.manager(workdir, config.ckpt.keep)
-  best_mngr = checkpointing.best_manager(workdir)
-  best = {'mad': checkpointing.best_metric(best_mngr)}  # survives resumes: read back from the best checkpoint
-  restored = checkpointing.restore_latest(mngr, abstract, repl)
-  if restored is None:
-    state = jax.jit(create, out_shardings=repl)(key)
-    data_state = None
-  else:
-    step0, params, opt_state, role, data_state = restored
-    state = jax.device_put(abstract.replace(
-        params=params, opt_state=opt_state,
-        **{k: jnp.asarray(np.asarray(role[k], dtype=getattr(abstract, k).dtype)) for k in role}), repl)
-    train_iter.set_state(data_state)
-    logging.info('resumed from step %d', step0)
-  start = int(jax.device_get(state.step))
+    mngr = checkpointing.manager(workdir, config.ckpt.keep)
+    best_mngr = checkpointing.best_manager(workdir)
+    best = {'mad': checkpointing.best_metric(best_mngr)}  # survives resumes: read back from the best checkpoint
+    restored = checkpointing.restore_latest(mngr, abstract, repl)
+    if restored is None:
+      state = jax.jit(create, out_shardings=repl)(key)
+      data_state = None
+    else:
+      step0, params, opt_state, role, data_state = restored
+      state = jax.device_put(abstract.replace(
+          params=params, opt_state=opt_state,
+          **{k: jnp.asarray(np.asarray(role[k], dtype=getattr(abstract, k).dtype)) for k in role}), repl)
+      train_iter.set_state(data_state)
+      logging.info('resumed from step %d', step0)
+      _say(f'resumed from step {step0}')
+    start = int(jax.device_get(state.step))
 
-  # One compiled step per phase; phases are static, so a role switch never recompiles.
-  lr_method = config.data.degrade if config.data.get('lr_on_device', False) else ''
-  phases = roles.make_phases(config)
-  pick = role_rule or roles.role_rule(tcfg.roles)
-  jitted, jitted_grads = {}, {}
+    # One compiled step per phase; phases are static, so a role switch never recompiles.
+    lr_method = config.data.degrade if config.data.get('lr_on_device', False) else ''
+    phases = roles.make_phases(config)
+    pick = role_rule or roles.role_rule(tcfg.roles)
+    jitted, jitted_grads = {}, {}
 
-  def step_fn(phase):
-    if phase.name not in jitted:
-      fn = functools.partial(steps.train_step, models=models, tx=tx, phase=phase, loss_cfg=config.loss,
-                             scale=scale, lr_method=lr_method)
-      jitted[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=(repl, repl),
-                                   donate_argnums=0, compiler_options=xla_options.compiler_options())
-    return jitted[phase.name]
+    def step_fn(phase):
+      if phase.name not in jitted:
+        fn = functools.partial(steps.train_step, models=models, tx=tx, phase=phase, loss_cfg=config.loss,
+                               scale=scale, lr_method=lr_method)
+        jitted[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=(repl, repl),
+                                     donate_argnums=0, compiler_options=xla_options.compiler_options())
+      return jitted[phase.name]
 
-  def grads_fn(phase):
-    # Diagnostics only, at log steps: its own compiled function, so the train step stays as it is.
-    if phase.name not in jitted_grads:
-      fn = functools.partial(steps.term_grad_norms, models=models, phase=phase, loss_cfg=config.loss,
-                             scale=scale)
-      if lr_method:
-        fn = _with_lr(fn, scale, lr_method)
-      jitted_grads[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=repl,
-                                         compiler_options=xla_options.compiler_options())
-    return jitted_grads[phase.name]
+    def grads_fn(phase):
+      # Diagnostics only, at log steps: its own compiled function, so the train step stays as it is.
+      if phase.name not in jitted_grads:
+        fn = functools.partial(steps.term_grad_norms, models=models, phase=phase, loss_cfg=config.loss,
+                               scale=scale)
+        if lr_method:
+          fn = _with_lr(fn, scale, lr_method)
+        jitted_grads[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=repl,
+                                           compiler_options=xla_options.compiler_options())
+      return jitted_grads[phase.name]
 
-  new_round = jax.jit(steps.start_round, out_shardings=repl, donate_argnums=0)
-  images_fn = jax.jit(functools.partial(image_summaries, models, scale=scale))
+    new_round = jax.jit(steps.start_round, out_shardings=repl, donate_argnums=0)
+    images_fn = jax.jit(functools.partial(image_summaries, models, scale=scale))
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  if start == 0:
-    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
-  report = periodic_actions.ReportProgress(num_train_steps=tcfg.num_steps, writer=writer)
-  hooks = [report]
-  if tcfg.profile and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if start == 0:
+      writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+    report = periodic_actions.ReportProgress(num_train_steps=tcfg.num_steps, writer=writer)
+    hooks = [report]
+    if tcfg.profile and jax.process_index() == 0:
+      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
 
-  prefetch = Prefetcher(train_iter, mesh, config.data.prefetch, tcfg.debug_poison_step, start)
-  def keep_best(step, mad, bic):
-    # The best checkpoint (by validation MAD) is what eval and predict pick from a workdir.
-    if mad < best['mad']:
+    prefetch = Prefetcher(train_iter, mesh, config.data.prefetch, tcfg.debug_poison_step, start)
+    def keep_best(step, mad, bic):
+      # The best checkpoint (by validation MAD) is what eval and predict pick from a workdir.
+      if mad < best['mad']:
+        _check_finite(state)
+        with _saving(os.path.join(workdir, checkpointing.BEST_DIR), step):
+          checkpointing.save_best(best_mngr, step, state, config, {'val_mad': mad, 'bicubic_mad': bic})
+        best['mad'] = mad
+
+    def save(step):
       _check_finite(state)
-      checkpointing.save_best(best_mngr, step, state, config, {'val_mad': mad, 'bicubic_mad': bic})
-      best['mad'] = mad
+      with _saving(checkpointing.ckpt_dir(workdir), step):
+        checkpointing.save(mngr, step, state, state_lib.role_state(state), last_data_state, config)
 
-  acc, n_acc = None, 0
-  last_data_state = data_state if data_state is not None else train_iter.get_state()
-  t_log = time.perf_counter()
-  summary = {}
-  try:
-    with metric_writers.ensure_flushes(writer), jax.set_mesh(mesh):
-      # Host copy of the teacher: it only changes at round starts, so reading state.teacher every step
-      # would be a needless per-step host sync that stalls asynchronous dispatch.
-      teacher = int(jax.device_get(state.teacher))
-      if teacher == roles.MUTUAL and 'mutual' not in phases:
-        # Resumed from a 'mutual' run under other train.roles: pick this round's teacher by the new rule.
-        e = jax.device_get(state.prev_err)
-        teacher = pick(float(e[0]), float(e[1]))
-        state = state.replace(teacher=jax.device_put(jnp.asarray(teacher, jnp.int32), repl))
-      for step in range(start, tcfg.num_steps):
-        if is_ct and roles.is_round_start(step, tcfg.stage1_steps, tcfg.round_steps):
-          s_ = jax.device_get(state.err_sum) / max(int(jax.device_get(state.err_count)), 1)
-          teacher = pick(float(s_[0]), float(s_[1]))
-          state = new_round(state, teacher)
-        elif not is_ct or step < tcfg.stage1_steps:
-          if step % tcfg.round_steps == 0 and step > 0:
-            state = new_round(state, roles.NO_TEACHER)
-        phase = roles.phase_for(phases, teacher if is_ct and step >= tcfg.stage1_steps else roles.NO_TEACHER,
-                                is_ct)
-        batch, last_data_state = prefetch.get()
-        state, terms = step_fn(phase)(state, batch)
-        acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
-        n_acc += 1
-        done = step + 1
-        for h in hooks:
-          h(done)
-        is_last = done == tcfg.num_steps
-        if done % tcfg.log_every == 0 or is_last:
+    acc, n_acc = None, 0
+    last_data_state = data_state if data_state is not None else train_iter.get_state()
+    t_log = time.perf_counter()
+    summary = {}
+    try:
+      with metric_writers.ensure_flushes(writer), jax.set_mesh(mesh):
+        # Host copy of the teacher: it only changes at round starts, so reading state.teacher every step
+        # would be a needless per-step host sync that stalls asynchronous dispatch.
+        teacher = int(jax.device_get(state.teacher))
+        if teacher == roles.MUTUAL and 'mutual' not in phases:
+          # Resumed from a 'mutual' run under other train.roles: pick this round's teacher by the new rule.
+          e = jax.device_get(state.prev_err)
+          teacher = pick(float(e[0]), float(e[1]))
+          state = state.replace(teacher=jax.device_put(jnp.asarray(teacher, jnp.int32), repl))
+        for step in range(start, tcfg.num_steps):
+          if is_ct and roles.is_round_start(step, tcfg.stage1_steps, tcfg.round_steps):
+            s_ = jax.device_get(state.err_sum) / max(int(jax.device_get(state.err_count)), 1)
+            teacher = pick(float(s_[0]), float(s_[1]))
+            state = new_round(state, teacher)
+          elif not is_ct or step < tcfg.stage1_steps:
+            if step % tcfg.round_steps == 0 and step > 0:
+              state = new_round(state, roles.NO_TEACHER)
+          phase = roles.phase_for(phases, teacher if is_ct and step >= tcfg.stage1_steps else roles.NO_TEACHER,
+                                  is_ct)
+          batch, last_data_state = prefetch.get()
+          state, terms = step_fn(phase)(state, batch)
+          acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
+          n_acc += 1
+          done = step + 1
+          for h in hooks:
+            h(done)
+          is_last = done == tcfg.num_steps
+          if done % tcfg.log_every == 0 or is_last:
+            _check_finite(state)
+            vals = {f'train/{k}': float(v) / n_acc for k, v in jax.device_get(acc).items()}
+            now = time.perf_counter()
+            vals['train/steps_per_s'] = n_acc / (now - t_log)
+            t_log = now
+            role = jax.device_get((state.teacher, state.prev_err))
+            vals['train/teacher'] = float(role[0])
+            vals['train/e_dsr_prev_round'], vals['train/e_de_prev_round'] = map(float, role[1])
+            counts = jax.device_get(optim.update_counts(state.opt_state, nets))
+            for k, v in optim.learning_rates(config, counts).items():
+              vals[f'train/lr_{k}'] = v
+            if tcfg.grad_diagnostics:
+              for term, per_net in jax.device_get(grads_fn(phase)(state.params, batch)).items():
+                vals.update({f'grad/{term}/{net}': float(g) for net, g in per_net.items()})
+            writer.write_scalars(done, vals)
+            _say(_progress_line(done, tcfg.num_steps, vals, teacher if is_ct else None))
+            acc, n_acc = None, 0
+          if done % tcfg.image_every == 0 or is_last:
+            _write_images(writer, done, images_fn(state.params, batch))
+          if config.eval.every_steps and (done % config.eval.every_steps == 0) and not is_last:
+            with report.timed('eval'):
+              mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
+            writer.write_scalars(done, {'eval/mad': mad, 'eval/bicubic_mad': bic})
+            keep_best(done, mad, bic)
+            _say(f'step {done}: validation MAD {mad:.4g} (bicubic {bic:.4g}, {n} images)'
+                 + ('; best so far' if best['mad'] == mad else f'; best {best["mad"]:.4g}'))
+          saved = done % config.ckpt.every_steps == 0 or is_last
+          if saved:
+            save(done)
+          if not is_last and stop.requested(done):
+            # Preempted: this step is saved (unless it just was) and the run ends cleanly; the same command
+            # resumes from exactly here.
+            if not saved:
+              save(done)
+            with _saving(checkpointing.ckpt_dir(workdir), done):
+              mngr.wait_until_finished()
+            summary = {'preempted': True, 'step': done, 'signal': stop.signal_name, 'workdir': workdir,
+                       'checkpoints': checkpointing.ckpt_dir(workdir)}
+            break
+        else:
           _check_finite(state)
-          vals = {f'train/{k}': float(v) / n_acc for k, v in jax.device_get(acc).items()}
-          now = time.perf_counter()
-          vals['train/steps_per_s'] = n_acc / (now - t_log)
-          t_log = now
-          role = jax.device_get((state.teacher, state.prev_err))
-          vals['train/teacher'] = float(role[0])
-          vals['train/e_dsr_prev_round'], vals['train/e_de_prev_round'] = map(float, role[1])
-          counts = jax.device_get(optim.update_counts(state.opt_state, nets))
-          for k, v in optim.learning_rates(config, counts).items():
-            vals[f'train/lr_{k}'] = v
-          if tcfg.grad_diagnostics:
-            for term, per_net in jax.device_get(grads_fn(phase)(state.params, batch)).items():
-              vals.update({f'grad/{term}/{net}': float(g) for net, g in per_net.items()})
-          writer.write_scalars(done, vals)
-          acc, n_acc = None, 0
-        if done % tcfg.image_every == 0 or is_last:
-          _write_images(writer, done, images_fn(state.params, batch))
-        if config.eval.every_steps and (done % config.eval.every_steps == 0) and not is_last:
-          with report.timed('eval'):
-            mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
-          writer.write_scalars(done, {'eval/mad': mad, 'eval/bicubic_mad': bic})
-          keep_best(done, mad, bic)
-        if done % config.ckpt.every_steps == 0 or is_last:
-          _check_finite(state)
-          checkpointing.save(mngr, done, state, state_lib.role_state(state), last_data_state, config)
-      _check_finite(state)
-      mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
-      final_step = int(jax.device_get(state.step))
-      writer.write_scalars(final_step, {'eval/mad': mad, 'eval/bicubic_mad': bic})
-      keep_best(final_step, mad, bic)
-      summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': n, 'workdir': workdir,
-                 'checkpoints': checkpointing.ckpt_dir(workdir), 'step': final_step,
-                 'best_val_mad': best['mad'], 'best_checkpoint': os.path.join(workdir, checkpointing.BEST_DIR)}
-  finally:
-    prefetch.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    best_mngr.close()
-  return summary
+          mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
+          final_step = int(jax.device_get(state.step))
+          writer.write_scalars(final_step, {'eval/mad': mad, 'eval/bicubic_mad': bic})
+          keep_best(final_step, mad, bic)
+          summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': n, 'workdir': workdir,
+                     'checkpoints': checkpointing.ckpt_dir(workdir), 'step': final_step,
+                     'best_val_mad': best['mad'],
+                     'best_checkpoint': os.path.join(workdir, checkpointing.BEST_DIR)}
+    finally:
+      prefetch.close()
+      try:
+        # An asynchronous save that failed reports here (or at the next save).
+        with _saving(checkpointing.ckpt_dir(workdir), None):
+          mngr.wait_until_finished()
+      finally:
+        for m in (mngr, best_mngr):
+          try:
+            m.close()
+          except Exception as e:  # pylint: disable=broad-except
+            logging.warning('closing %s: %s', m.directory, one_line(e))  # already reported by the wait
+    return summary
 
 
 def _with_lr(fn, scale: int, method: str):
@@ -424,6 +458,64 @@ def _check_finite(state):
   if bad_step >= 0:
     raise NonFiniteLoss(f'non-finite loss at step {bad_step} in term {steps.TERMS[bad_term]!r}; '
                         'training stopped before it could be checkpointed')
+
+
+def _say(line: str) -> None:
+  """The console: one line, from the first process only (library logs stay hidden unless --verbosity)."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
+_TEACHER_NAMES = {roles.NO_TEACHER: 'none', roles.DSR: 'DSRNet', roles.DENET: 'DENet', roles.MUTUAL: 'mutual'}
+
+
+def _progress_line(step: int, total: int, vals: dict, teacher) -> str:
+  """'step 300/3000  total 0.0123  dsr ...  teacher DENet  4.1 steps/s  ETA 11 min': the terms in use."""
+  terms = '  '.join(f'{k} {vals[f"train/{k}"]:.4g}' for k in steps.TERMS
+                    if vals.get(f'train/{k}', 0.0) != 0.0)
+  rate = vals['train/steps_per_s']
+  left = (total - step) / rate if rate > 0 else float('inf')
+  eta = (f'{left:.0f} s' if left < 120 else f'{left / 60:.0f} min' if left < 7200 else f'{left / 3600:.1f} h')
+  who = f'  teacher {_TEACHER_NAMES.get(teacher, teacher)}' if teacher is not None else ''
+  return f'step {step}/{total}  {terms}{who}  {rate:.3g} steps/s  ETA {eta}'
+
+
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (a full disk, a directory turned read-only); the message says where."""
+
+
+def _os_cause(e: BaseException):
+  """The OSError behind `e` (orbax wraps the one its writer thread met), or None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _saving(directory: str, step):
+  """Turns a failed checkpoint write into one line that names the directory and the cause.
+
+  The checkpoints already committed are untouched (orbax writes a step into a temporary directory and
+  renames it only when complete; the old ones are deleted only after that), so the same command resumes
+  from the newest of them once the disk has room again.
+  """
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    logging.info('checkpoint write failed', exc_info=True)  # the traceback, for --verbosity=0
+    cause = _os_cause(e)
+    why = (f'{cause.strerror or type(cause).__name__}' + (f': {cause.filename}' if cause.filename else '')
+           if cause is not None else one_line(e, 160))
+    del step  # an asynchronous save reports at a later step; the cause names the step directory
+    raise CheckpointWriteError(f'{directory}: saving a checkpoint failed: {why}; the checkpoints saved '
+                               'before it are intact, and the same command resumes from the newest once '
+                               'the directory takes writes again') from None
 
 
 def _flat(d, prefix=''):

@@ -165,5 +165,60 @@ def test_two_processes_match_one_process(tmp_path):
   assert any(not np.allclose(init[k], ref[k]) for k in ref if 'dsr' in k)
 
 
+def _preempt_worker(process_id: int, port: int, out: str) -> None:
+  """Steps (a sleep each) under the real lifecycle.StopRequest until it says stop; writes the step."""
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=NUM_PROCESSES,
+                             process_id=process_id, initialization_timeout=120)
+  from dsr_jax import lifecycle  # pylint: disable=g-import-not-at-top
+  step = 0
+  with lifecycle.StopRequest() as stop:
+    pathlib.Path(out + '.ready').touch()
+    for step in range(1, 100_000):
+      time.sleep(0.005)
+      if stop.requested(step):
+        break
+  pathlib.Path(out).write_text(f'{step} {stop.signal_name}')
+  jax.distributed.shutdown()
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
+  """Under jax.distributed a preemption notice reaches one host; JAX's preemption service makes every
+  process stop at one agreed step (each would otherwise save a different one)."""
+  import time  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  port = _free_port()
+  outs = [tmp_path / f'stop{i}.txt' for i in range(NUM_PROCESSES)]
+  logs = [open(tmp_path / f'stop{i}.log', 'w') for i in range(NUM_PROCESSES)]
+  procs = [subprocess.Popen([sys.executable, __file__, 'preempt', str(i), str(port), str(outs[i])], cwd=REPO,
+                            env=_env(), stdout=logs[i], stderr=subprocess.STDOUT)
+           for i in range(NUM_PROCESSES)]
+  try:
+    deadline = time.monotonic() + TIMEOUT
+    while not all(pathlib.Path(f'{o}.ready').exists() for o in outs):
+      assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, 'workers did not start'
+      time.sleep(0.1)
+    time.sleep(0.5)  # both are stepping
+    procs[1].send_signal(signal.SIGTERM)  # the notice reaches one host only
+    for p in procs:
+      p.wait(timeout=TIMEOUT)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    for f in logs:
+      f.close()
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, (tmp_path / f'stop{i}.log').read_text()[-3000:]
+  got = [o.read_text().split(' ', 1) for o in outs]
+  assert got[0][0] == got[1][0] and int(got[0][0]) < 99_999, got  # one agreed step, before the loop's end
+  assert all(g[1] == 'preemption notice' for g in got), got
+
+
 if __name__ == '__main__':
-  _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+  if sys.argv[1] == 'preempt':
+    _preempt_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  else:
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -127,10 +127,10 @@ def _assert_same_checkpoint(a, b, step: int):
 
 
 def _snapshot(path) -> dict:
-  """{relative path: (size, mtime_ns)} of every file under path."""
+  """{relative path: (size, mtime_ns)} of every file under path but the lock (each run writes its pid)."""
   path = pathlib.Path(path)
   return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
-          for p in sorted(path.rglob('*')) if p.is_file()}
+          for p in sorted(path.rglob('*')) if p.is_file() and not p.name.startswith('.train.lock')}
 
 
 def _truncate_largest_params_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -170,6 +170,8 @@ def test_sigkill_at_three_points_then_resume_is_bit_identical(reference, env, tm
   # 1. During the save of step 6: its arrays are half written in orbax's temporary directory.
   _kill_when(cmd, env, tmp_path / 'run1.log', lambda: _saving(wd, 6), 'mid-save of step 6')
   assert _committed(wd) == [3], _steps(wd)
+  # The killed run's lock file stays; the kernel dropped its lock, so the restarts below are not refused.
+  assert (wd / '.train.lock').is_file()
   assert any('tmp' in n for n in _steps(wd)), _steps(wd)  # the interrupted save is really there
 
   # 2. Right after step 6 is committed, while steps 7.. train and orbax finalises.
@@ -186,7 +188,7 @@ def test_sigkill_at_three_points_then_resume_is_bit_identical(reference, env, tm
   # The same command once more finishes the run.
   rc, out, err = _run(cmd, env, tmp_path / 'run4.log')
   assert rc == 0, err[-3000:]
-  assert 'resumed from step 9' in err and f'done: step {STEPS}' in out
+  assert 'resumed from step 9' in out and f'done: step {STEPS}' in out
   assert _steps(wd) == ['6', '9', '12'], 'stale temporary checkpoint directories left behind'
   for step in (6, 9, 12):  # each checkpoint came from a different run segment
     _assert_same_checkpoint(reference, wd, step)
@@ -203,7 +205,7 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(reference, env, tmp_
   assert len(warning) == 1 and 'step 12' in warning[0] and 'step 9' in warning[0], out
   assert 'Traceback' not in out + err
   # Resumed from 9, not from scratch (which, deterministic, would end in the same parameters too).
-  assert 'resumed from step 9' in err
+  assert 'resumed from step 9' in out
   _assert_same_checkpoint(reference, wd, 12)
   # The unreadable checkpoint is kept for inspection, out of the way of the resumed run.
   assert (wd / 'checkpoints_unreadable' / '12' / 'params').is_dir()
@@ -240,10 +242,93 @@ def test_nan_stop_keeps_last_good_checkpoint_and_restart_finishes(reference, env
 
   rc, out, err = _run(_cmd(wd), env, tmp_path / 'restart.log')
   assert rc == 0, err[-3000:]
-  assert 'resumed from step 6' in err and f'done: step {STEPS}' in out
+  assert 'resumed from step 6' in out and f'done: step {STEPS}' in out
   # The poisoned run left no trace: the restart reproduces the uninterrupted run exactly.
   for step in (9, 12):
     _assert_same_checkpoint(reference, wd, step)
   # Checkpoint 6 itself was only read (kept by keep=3 and never rewritten).
   assert _snapshot(wd / 'checkpoints' / '6') == good
   np.testing.assert_equal(_committed(wd), [6, 9, 12])
+
+
+def _user_out(out: str) -> list[str]:
+  return [l for l in out.splitlines() if not l.startswith('step ')]  # the progress lines aside
+
+
+def test_sigterm_saves_the_step_in_flight_and_the_same_command_resumes(reference, env, tmp_path):
+  """A preemption notice mid-run: that step is saved, exit 0; the resumed run redoes no step and ends
+  bit-identical to the uninterrupted one. A second run started meanwhile on the workdir is refused."""
+  wd = tmp_path / 'work'
+  # No periodic checkpoint before the end (every 100): the only one before 12 is the preemption's.
+  cmd = [*_cmd(wd)[:-1], '--config.ckpt.every_steps=100', '--config.train.log_every=1']
+  log = tmp_path / 'run1.log'
+  with open(log, 'w') as f:
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + TIMEOUT
+      while f'step 2/{STEPS}' not in log.read_text():
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.01)
+      p.send_signal(signal.SIGSTOP)  # mid-run, and held there while the second run tries the workdir
+      rc, out, err = _run(cmd, env, tmp_path / 'second.log')
+      lines = _user_lines(err)
+      assert rc == 2 and len(lines) == 1 and lines[0].startswith('error:'), (rc, lines)
+      assert str(wd) in lines[0] and f'pid {p.pid}' in lines[0], lines[0]
+      p.send_signal(signal.SIGTERM)
+      p.send_signal(signal.SIGCONT)
+      assert p.wait(timeout=TIMEOUT) == 0, log.read_text()[-3000:]
+    finally:
+      if p.poll() is None:
+        p.kill()
+  text = log.read_text()
+  stopped = re.findall(r'^preempted at step (\d+) \(SIGTERM\); checkpoint saved', text, re.M)
+  assert len(stopped) == 1, text[-3000:]
+  n = int(stopped[0])
+  assert 2 <= n < STEPS and _committed(wd) == [n], (n, _steps(wd))
+  assert 'Traceback' not in text and 'done:' not in text
+
+  rc, out, err = _run(cmd, env, tmp_path / 'run2.log')
+  assert rc == 0, err[-3000:]
+  assert f'resumed from step {n}' in out and f'done: step {STEPS}' in out
+  first = re.search(r'^step (\d+)/', out, re.M)
+  assert first and int(first.group(1)) == n + 1, out[:2000]  # no step redone
+  _assert_same_checkpoint(reference, wd, STEPS)
+
+
+_FULL_DISK = """
+import errno, os
+_target = os.environ['DSR_TEST_FULL_DISK']
+_mkdir = os.mkdir
+def mkdir(path, *args, **kwargs):
+  # Where a full disk (or a directory turned read-only) first bites orbax: creating a step's directory.
+  if _target in os.fspath(path):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+  return _mkdir(path, *args, **kwargs)
+os.mkdir = mkdir
+"""
+
+
+def test_full_disk_at_a_save_is_one_line_and_the_same_command_resumes(reference, env, tmp_path):
+  inject = tmp_path / 'inject'
+  inject.mkdir()
+  (inject / 'sitecustomize.py').write_text(_FULL_DISK)
+  full = dict(env, PYTHONPATH=os.pathsep.join([str(inject), env['PYTHONPATH']]),
+              DSR_TEST_FULL_DISK=os.path.join('checkpoints', '9.'))
+  wd = tmp_path / 'work'
+  t0 = time.monotonic()
+  rc, out, err = _run(_cmd(wd), full, tmp_path / 'full.log')
+  assert rc == 2, (rc, err[-3000:])
+  lines = _user_lines(err)
+  assert len(lines) == 1 and lines[0].startswith('error:'), lines
+  assert str(wd / 'checkpoints') in lines[0] and 'No space left on device' in lines[0], lines[0]
+  assert 'Traceback' not in out + err
+  assert time.monotonic() - t0 < TIMEOUT / 2  # it ends, not waits for orbax's stalled writer threads
+  # The checkpoints before the failure are intact and readable.
+  assert _committed(wd) == [3, 6], _steps(wd)
+  _assert_same_checkpoint(reference, wd, 6)
+
+  rc, out, err = _run(_cmd(wd), env, tmp_path / 'resumed.log')  # space is back
+  assert rc == 0, err[-3000:]
+  assert 'resumed from step 6' in out and f'done: step {STEPS}' in out
+  for step in (9, 12):
+    _assert_same_checkpoint(reference, wd, step)
