@@ -35,3 +35,69 @@ def load_config(path: str, arg=None, **overrides) -> ml_collections.ConfigDict:
     except (TypeError, ValueError) as e:  # ml_collections refuses a value of another type
       raise ConfigError(f'config override {dotted}={value!r}: {" ".join(str(e).split())}') from e
   return config
+
+
+# Numeric fields and their ranges: (dotted name or '*' pattern, kind, low, high, low open?). Checked before a
+# run writes anything; a NaN learning rate would otherwise train to a NaN loss and a checkpoint of zeros.
+_RANGES = (
+    ('optim.*.lr', float, 0.0, None, True),
+    ('optim.*.b1', float, 0.0, 1.0, False),
+    ('optim.*.b2', float, 0.0, 1.0, False),
+    ('optim.*.warmup_steps', int, 0, None, False),
+    ('optim.*.grad_clip', float, 0.0, None, False),
+    ('loss.ssim_lambda', float, 0.0, 1.0, False),
+    ('loss.gamma', float, 0.0, None, False),
+    ('loss.rho1', float, 0.0, None, False),
+    ('loss.rho2', float, 0.0, None, False),
+    ('loss.side_weight', float, 0.0, None, False),
+    ('loss.affinity_tau', float, 0.0, None, True),
+    ('loss.affinity_pool', int, 1, None, False),
+    ('train.num_steps', int, 1, None, False),
+    ('train.stage1_steps', int, 0, None, False),
+    ('train.round_steps', int, 1, None, False),
+    ('train.batch_size', int, 1, None, False),
+    ('train.log_every', int, 1, None, False),
+    ('train.image_every', int, 1, None, False),
+    ('data.crop', int, 1, None, False),
+    ('data.noise_sigma', float, 0.0, None, False),
+    ('data.workers', int, 0, None, False),
+    ('data.prefetch', int, 0, None, False),
+    ('data.eval_batch', int, 1, None, False),
+    ('data.min_valid', float, 0.0, 1.0, False),
+    ('data.crop_tries', int, 1, None, False),
+    ('data.min_edge', float, 0.0, 1.0, False),
+    ('data.edge_step', float, 0.0, None, True),
+    ('eval.every_steps', int, 0, None, False),
+    ('eval.tile', int, 0, None, False),
+    ('eval.overlap', int, 0, None, False),
+    ('ckpt.every_steps', int, 1, None, False),
+    ('ckpt.keep', int, 1, None, False),
+)
+
+
+def _leaves(node, prefix=''):
+  for k in node.keys():
+    v = node[k]
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
+
+def check_numbers(config) -> None:
+  """Every float field finite, and the fields of _RANGES inside their ranges; ConfigError names the field."""
+  import fnmatch  # pylint: disable=g-import-not-at-top
+  import math  # pylint: disable=g-import-not-at-top
+  leaves = dict(_leaves(config))
+  for name, v in leaves.items():
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ConfigError(f'{name}={v!r}: expected a finite number')
+  for pattern, kind, lo, hi, open_lo in _RANGES:
+    for name in fnmatch.filter(leaves, pattern):
+      v = leaves[name]
+      if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+        raise ConfigError(f'{name}={v!r}: expected {"an integer" if kind is int else "a number"}')
+      too_low = v <= lo if open_lo else v < lo
+      if too_low or (hi is not None and v > hi):
+        rng = (f'> {lo}' if open_lo else f'>= {lo}') + (f' and <= {hi}' if hi is not None else '')
+        raise ConfigError(f'{name}={v!r}: expected a value {rng}')

@@ -22,8 +22,21 @@ def check_dir_target(path, field: str, writable: bool = False) -> str:
   if not os.path.isdir(base):
     what = 'is' if base == p else f'lies under {base}, which is'
     raise UserError(f'{field} {p}: {what} not a directory')
-  if writable and not os.access(base, os.W_OK | os.X_OK):
-    raise UserError(f'{field} {p}: {base} is not writable')
+  if writable:
+    why = ''
+    if base != p:
+      # A real write where the path is to be created anyway: root passes access() on /sys, an immutable dir
+      # or some read-only mounts.
+      try:
+        os.rmdir(tempfile.mkdtemp(prefix='.write-probe-', dir=base))
+      except OSError as e:
+        why = e.strerror or type(e).__name__
+    elif not os.access(base, os.W_OK | os.X_OK):  # an existing directory is checked without touching it
+      why = 'no write permission'
+    elif os.statvfs(base).f_flag & os.ST_RDONLY:
+      why = 'read-only file system'
+    if why:
+      raise UserError(f'{field} {p}: {base} does not take writes ({why})')
   return p
 
 

@@ -401,14 +401,15 @@ def load_depth_lr(record: Record) -> np.ndarray:
 
 def iter_examples(records: Iterable[Record]) -> Iterator[dict]:
   """Loads records in order, skipping depth maps without any valid pixel (counted in a warning)."""
-  skipped = []
+  skipped, kept = [], 0
   for record in records:
     example = load_example(record)
     if not example['valid'].any():
       skipped.append(record.depth_path)
       continue
+    kept += 1
     yield example
-  if skipped:
+  if skipped and kept:  # none kept: the caller's error says so, and must be the only line
     log.warning('skipped %d depth map(s) with no valid pixel: %s', len(skipped), ', '.join(skipped))
 
 

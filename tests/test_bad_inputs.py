@@ -218,6 +218,35 @@ def _main_unknown_dataset(root, _):
   return _train('--config.data.name=nyu')(root), ["'nyu'", 'data.name']
 
 
+def _main_lr_nan(root, _):
+  return _train('--config.optim.dsr.lr=nan')(root), ['optim.dsr.lr=nan', 'finite']
+
+
+def _main_lr_negative(root, _):
+  return _train('--config.optim.denet.lr=-1')(root), ['optim.denet.lr=-1']
+
+
+# Root passes access() everywhere; /sys refuses writes even to root (EPERM, or EROFS in a container).
+_UNWRITABLE = pathlib.Path('/sys/dsr_jax_test_workdir')
+
+
+def _main_workdir_unwritable(root, _):
+  return ['--config', 'configs/test.py', '--workdir', str(_UNWRITABLE)], [str(_UNWRITABLE), 'does not take writes']
+
+
+def _eval_workdir_unwritable(root, ckpt):
+  return (['--config', 'configs/eval_middlebury2005.py', '--workdir', str(_UNWRITABLE),
+           f'--config.eval.checkpoint_dir={ckpt}'], [str(_UNWRITABLE), 'does not take writes'])
+
+
+def _eval_one_corrupt_file(root, ckpt):
+  data = _nyu(root, ids=(1, 2, 1001, 1002, 1003), size=(48, 64))
+  bad = data / 'nyu_v2/Depth/1002.npy'
+  _truncate(bad)
+  return (['--config', 'configs/eval_nyu.py', '--workdir', str(root / 'eval'), f'--config.data.dir={data}',
+           f'--config.eval.checkpoint_dir={ckpt}'], [str(bad)])
+
+
 def _predict(ckpt, inp, out, *extra):
   return ['--checkpoint', str(ckpt), '--input', str(inp), '--output', str(out), *extra]
 
@@ -425,6 +454,11 @@ CASES = [
     Case('main-workdir-is-a-file', 'main', _main_workdir_is_a_file),
     Case('main-crop-larger-than-images', 'main', _main_crop_larger_than_images),
     Case('main-resume-with-other-model', 'main', _main_resume_with_other_model),
+    Case('main-lr-nan', 'main', _main_lr_nan),
+    Case('main-lr-negative', 'main', _main_lr_negative),
+    Case('main-workdir-unwritable', 'main', _main_workdir_unwritable),
+    Case('eval-workdir-unwritable', 'main', _eval_workdir_unwritable),
+    Case('eval-one-corrupt-file', 'main', _eval_one_corrupt_file),
     Case('predict-corrupt-png', 'predict', _predict_corrupt_png),
     Case('predict-truncated-npy', 'predict', _predict_truncated_npy),
     Case('predict-all-nan', 'predict', _predict_all_nan),
@@ -541,12 +575,21 @@ def results(request, tmp_path_factory):
   selected = {p['case'].id for p in params if 'case' in p}
   cases = [c for c in CASES if c.id in selected and (c.tool != 'predict' or PREDICT.exists())]
   ckpt = None
-  if any(c.tool == 'predict' or c.id == 'main-resume-with-other-model' for c in cases):
+  if any(c.tool == 'predict' or c.id in ('main-resume-with-other-model', 'eval-one-corrupt-file') for c in cases):
     ckpt = request.getfixturevalue('x2_checkpoint')
   base = tmp_path_factory.mktemp('cases')
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
     futures = {c.id: pool.submit(_run_case, c, base / c.id, ckpt) for c in cases}
     return {k: f.result() for k, f in futures.items()}
+
+
+def _takes_writes(path: pathlib.Path) -> bool:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    os.rmdir(tempfile.mkdtemp(dir=path))
+    return True
+  except OSError:
+    return False
 
 
 def _params():
@@ -559,6 +602,8 @@ def _params():
 def test_bad_input(case, results):
   if case.tool == 'predict' and not PREDICT.exists():
     pytest.skip('dsr_jax/predict.py does not exist yet')
+  if case.setup in (_main_workdir_unwritable, _eval_workdir_unwritable) and _takes_writes(_UNWRITABLE.parent):
+    pytest.skip(f'{_UNWRITABLE.parent} takes writes on this machine')
   r = results[case.id]
   everything = r.stdout + r.stderr
   assert 'Traceback' not in everything, everything[-4000:]
@@ -567,6 +612,8 @@ def test_bad_input(case, results):
   assert len(lines) == 1, f'expected one line on stderr, got {len(lines)}:\n' + '\n'.join(lines)
   line = lines[0]
   assert line.startswith('error:'), line
+  if case.tool == 'main':  # and, unfiltered, the only line a user sees
+    assert r.stderr.strip().splitlines() == [line] and not r.stdout.strip(), r.stdout + r.stderr
   missing = [n for n in r.needles if n not in line]
   assert not missing, f'{line!r} does not name {missing}'
   if r.after != r.before:
