@@ -421,7 +421,12 @@ def predict(args) -> int:
   if args.scale is not None and args.scale != scale:
     raise UserError(f"--scale {args.scale} contradicts the checkpoint's scale {scale} "
                     f'({os.path.join(root, str(step))}); omit --scale or pass --scale {scale}')
-  norms = [input_norm(config, inp.kind, args.norm) for inp in inputs]
+  norms = []
+  for inp in inputs:
+    try:
+      norms.append(input_norm(config, inp.kind, args.norm))
+    except UserError as e:
+      raise UserError(f'{inp.path}: {e}') from e
   for inp, norm in zip(inputs, norms):
     if args.norm is None:  # An explicit --norm is the user's statement of the unit.
       check_range(inp, norm, config)
