@@ -269,19 +269,29 @@ def table(rows: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def markers(out: str) -> tuple[str, str]:
+  """The README block of a results directory: <!-- ct_study:begin --> for results/ct_study, and so on, so
+  that studies at other step counts or scales keep tables of their own."""
+  name = os.path.basename(os.path.normpath(out))
+  if name == 'ct_study':
+    return README_BEGIN, README_END
+  return f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
+
+
 def write_table(out: str, readme: str = '') -> str:
   text = table(load_results(out))
   with open(os.path.join(out, 'TABLE.md'), 'w') as f:
     f.write('# Cross-task study (written by `python -m dsr_jax.study`; do not edit)\n\n' + text)
   if readme:
+    begin, end = markers(out)
     with open(readme) as f:
       doc = f.read()
-    if not (README_BEGIN in doc and README_END in doc and doc.index(README_BEGIN) < doc.index(README_END)):
-      raise errors.UserError(f'--readme {readme}: expected the markers {README_BEGIN} ... {README_END}')
-    head, rest = doc.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    if not (begin in doc and end in doc and doc.index(begin) < doc.index(end)):
+      raise errors.UserError(f'--readme {readme}: expected the markers {begin} ... {end}')
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(readme, 'w') as f:
-      f.write(f'{head}{README_BEGIN}\n{text}{README_END}{tail}')
+      f.write(f'{head}{begin}\n{text}{end}{tail}')
   return text
 
 

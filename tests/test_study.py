@@ -41,7 +41,9 @@ def test_table_is_computed_from_the_stored_results(tmp_path):
     _store(tmp_path, _result('A', seed, mad))
   _store(tmp_path, _result('D', 0, 0.19))
   readme = tmp_path / 'README.md'
-  readme.write_text(f'intro\n{study.README_BEGIN}\nold table\n{study.README_END}\noutro\n')
+  begin, end = study.markers(str(tmp_path))  # a results directory of another name has its own block
+  assert begin == f'<!-- {tmp_path.name}:begin -->' and study.markers('results/ct_study/')[0] == study.README_BEGIN
+  readme.write_text(f'intro\n{begin}\nold table\n{end}\noutro\n')
   text = study.write_table(str(tmp_path), str(readme))
   a_line = next(l for l in text.splitlines() if l.startswith('| A |'))
   assert '| 0,1,2 |' in a_line and '0.2200 ± 0.0200' in a_line  # mean and sample std of 0.20, 0.22, 0.24
