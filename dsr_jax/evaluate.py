@@ -53,7 +53,6 @@ For a cross-task checkpoint (params has 'denet'), DENet is also scored on the HR
 depth metrics (valid GT pixels with positive depth, prediction clipped below at 1e-3 x peak): delta < 1.25,
 < 1.25^2, < 1.25^3, AbsRel, RMSE (protocol units), log10.
 """
-import collections
 import dataclasses
 import json
 import math
@@ -90,9 +89,6 @@ PAPER_TABLE1_MAD = {
                'moebius': (0.07, 0.13, 0.27, 0.69), 'reindeer': (0.08, 0.17, 0.35, 0.77)},
 }
 
-# Python-side trace counts per module class (a trace runs this Python code; a cached executable does not).
-# Tests use it to check that compilation happens once per bucket shape.
-TRACES = collections.Counter()
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -114,10 +110,7 @@ _JITTED = {}
 def _apply_fn(module) -> Callable:
   fn = _JITTED.get(module)
   if fn is None:
-    name = type(module).__name__
-
     def apply(params, x):
-      TRACES[name] += 1
       return module.apply({'params': params}, x)
     fn = _JITTED[module] = jax.jit(apply, compiler_options=xla_options.compiler_options())
   return fn

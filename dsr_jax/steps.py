@@ -4,7 +4,6 @@ A network that does not train in a phase enters through `stop_gradient` of its p
 pass is never built. Within a phase, each loss term sees the outputs of the networks outside its reach as
 constants: distillation targets never pass a gradient to the teacher (Revision 2, rule 2).
 """
-import collections
 from typing import Any
 
 import jax
@@ -17,7 +16,6 @@ from dsr_jax.state import TrainState
 
 # Python-side count of how often each phase's step was traced (a trace runs this module's Python code;
 # a cached compiled call does not). Tests use it to prove a role switch never recompiles.
-TRACES = collections.Counter()
 
 # Logged loss terms, in the order used by TrainState.bad_term.
 # New names are appended: a checkpoint's bad_term indexes this tuple.
@@ -115,11 +113,17 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int, 
   return (total, t, weighted) if parts else (total, t)
 
 
-def term_grad_norms(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int):
+def with_lr(batch, scale: int, lr_method: str):
+  """The batch with its LR made on device by `lr_method` (data.lr_on_device), or as it is ('')."""
+  return dict(batch, lr_depth=make_lr(batch, scale, lr_method)) if lr_method else batch
+
+
+def term_grad_norms(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int, lr_method: str = ''):
   """{term: {net: global norm}} of the gradient each weighted term of the phase sends into each network.
 
   The same loss_fn and routing as the train step (frozen networks get zero), before gradient clipping.
   """
+  batch = with_lr(batch, scale, lr_method)
   # One forward pass, one pullback per term.
   weighted, pullback = jax.vjp(lambda p: loss_fn(p, batch, models=models, phase=phase, loss_cfg=loss_cfg,
                                                  scale=scale, parts=True)[2], params)
@@ -133,9 +137,7 @@ def term_grad_norms(params, batch, *, models, phase: roles.Phase, loss_cfg, scal
 
 def train_step(state: TrainState, batch, *, models, tx, phase: roles.Phase, loss_cfg, scale: int,
                lr_method: str = '') -> tuple[TrainState, dict[str, Any]]:
-  TRACES[phase.name] += 1
-  if lr_method:
-    batch = dict(batch, lr_depth=make_lr(batch, scale, lr_method))
+  batch = with_lr(batch, scale, lr_method)
   (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch, models=models, phase=phase, loss_cfg=loss_cfg, scale=scale)
   trainable = {k: phase.train[k] for k in state.params}

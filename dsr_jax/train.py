@@ -173,7 +173,7 @@ def val_dataset(config):
                                source=sources.get_source(data, config.data.val_split))
 
 
-def validation_mad(config, models, params, mesh=None, dataset=None):
+def validation_mad(config, models, params, dataset=None):
   """Mean per-image MAD (dataset units) of DSRNet and of the bicubic baseline on the validation split.
 
   DSRNet runs through evaluate.super_resolve (mirrored borders, shape buckets), exactly as eval mode does,
@@ -182,7 +182,6 @@ def validation_mad(config, models, params, mesh=None, dataset=None):
   """
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  del mesh
   s = config.model.scale
   dsr_params = jax.device_get(params['dsr'])
   ours, bic = [], []
@@ -318,9 +317,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
       # Diagnostics only, at log steps: its own compiled function, so the train step stays as it is.
       if phase.name not in jitted_grads:
         fn = functools.partial(steps.term_grad_norms, models=models, phase=phase, loss_cfg=config.loss,
-                               scale=scale)
-        if lr_method:
-          fn = _with_lr(fn, scale, lr_method)
+                               scale=scale, lr_method=lr_method)
         jitted_grads[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=repl,
                                            compiler_options=xla_options.compiler_options())
       return jitted_grads[phase.name]
@@ -445,12 +442,6 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
           except Exception as e:  # pylint: disable=broad-except
             logging.warning('closing %s: %s', m.directory, one_line(e))  # already reported by the wait
     return summary
-
-
-def _with_lr(fn, scale: int, method: str):
-  def wrapped(params, batch):
-    return fn(params, dict(batch, lr_depth=steps.make_lr(batch, scale, method)))
-  return wrapped
 
 
 def _check_finite(state):

@@ -60,3 +60,26 @@ def fast_xla_module():
   """fast_xla for a whole module, its module-scoped fixtures' compilations included (list it first)."""
   with fast_compile():
     yield
+
+
+@contextlib.contextmanager
+def count_calls(owner, attr: str, key):
+  """Counts calls of owner.<attr> by key(*args, **kwargs) while active (a Counter).
+
+  Wrapped around a function that jax.jit traces, the counts are traces: a cached executable runs no Python.
+  The product code hosts no counter of its own.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import functools  # pylint: disable=g-import-not-at-top
+  counts = collections.Counter()
+  original = getattr(owner, attr)
+
+  @functools.wraps(original)
+  def counted(*args, **kwargs):
+    counts[key(*args, **kwargs)] += 1
+    return original(*args, **kwargs)
+  setattr(owner, attr, counted)
+  try:
+    yield counts
+  finally:
+    setattr(owner, attr, original)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import count_calls
 from configs import test as test_config
 from dsr_jax import losses
 from dsr_jax import models as models_lib
@@ -295,10 +296,10 @@ def test_rule7_mutual_rgbd_run_compiles_one_step_more_and_both_learn(tmp_path):
   cfg.train.roles = 'mutual'
   cfg.model.teacher_input = 'rgbd'
   cfg.train.num_steps, cfg.ckpt.every_steps = 6, 6
-  steps.TRACES.clear()
-  summary = train.train_and_evaluate(cfg, str(tmp_path))
+  with count_calls(steps, 'train_step', lambda *a, phase, **k: phase.name) as traces:
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
   assert summary['step'] == 6 and np.isfinite(summary['val_mad'])
-  assert dict(steps.TRACES) == {'stage1': 1, 'mutual': 1}
+  assert dict(traces) == {'stage1': 1, 'mutual': 1}
   import glob  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top

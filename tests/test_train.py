@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import count_calls
 from configs import test as test_config
 from dsr_jax import models as models_lib
 from dsr_jax import optim
@@ -195,9 +196,9 @@ def smoke_run(tmp_path_factory):
   cfg = test_config.get_config()
   cfg.train.num_steps, cfg.train.stage1_steps, cfg.train.round_steps = 10, 2, 2
   cfg.ckpt.every_steps = 6
-  steps.TRACES.clear()
-  summary = _train_with_teachers(cfg, wd, [roles.DENET, roles.DSR, roles.DENET, roles.DSR, roles.DENET])
-  return cfg, wd, summary, dict(steps.TRACES)
+  with count_calls(steps, 'train_step', lambda *a, phase, **k: phase.name) as traces:
+    summary = _train_with_teachers(cfg, wd, [roles.DENET, roles.DSR, roles.DENET, roles.DSR, roles.DENET])
+  return cfg, wd, summary, dict(traces)
 
 
 def test_smoke_all_phases_one_trace_each_and_images(smoke_run):
