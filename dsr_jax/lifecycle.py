@@ -15,9 +15,9 @@ import errno
 import fcntl
 import os
 import signal
+import sys
 import threading
 
-from absl import logging
 import jax
 
 from dsr_jax.errors import UserError
@@ -47,7 +47,8 @@ class StopRequest:
   def _handle(self, signum, frame):
     del frame
     self.signal_name = signal.Signals(signum).name
-    logging.warning('%s received: stopping after the current step', self.signal_name)
+    print(f'{self.signal_name} received: stopping after the current step (a second one stops at once)',
+          file=sys.stderr, flush=True)
     # A second signal acts as it would have without us (Ctrl-C twice stops at once).
     self._restore()
 
