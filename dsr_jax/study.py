@@ -42,6 +42,7 @@ ROWS = {
 MODIFIERS = {
     'sw0.1': ({'loss.side_weight': 0.1}, 'side_weight 0.1'),
     'rho2_1': ({'loss.rho2': 1.0}, 'rho2 1.0'),
+    'rho2_0.01': ({'loss.rho2': 0.01}, 'rho2 0.01'),
     'nosp': ({'model.use_spnet': False}, 'no SPNet'),
     'noaff': ({'loss.use_affinity': False}, 'no L_A'),
 }
