@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
              'and disparity sets, 4000 for rgbdd mm, 10 for nyu_v2 m, 1 for synthetic) unless --norm is '
              'given. Any error prints one line and exits with status 2; nothing is written then.')
   p.add_argument('--checkpoint', required=True,
-                 help='training workdir, its checkpoints/ directory, or one step directory')
+                 help='a shipped checkpoint by name (dsrnet_x4, dsrnet_x8; checked against its SHA256SUMS), a '
+                      'training workdir, its checkpoints/ directory, or one step directory')
   p.add_argument('--input', required=True, help='a .png/.npy depth map, or a directory of them')
   p.add_argument('--output', required=True, help='output directory (created if missing)')
   p.add_argument('--scale', type=positive_int, default=None,

@@ -19,6 +19,7 @@ Every problem with the checkpoint raises `UserError` with one line naming the pa
 import functools
 import os
 import pathlib
+import re
 
 import jax
 import ml_collections
@@ -31,7 +32,8 @@ from dsr_jax.errors import one_line
 BEST_DIR = checkpointing.BEST_DIR  # written by training (train.keep_best)
 CKPT_DIR = 'checkpoints'
 REQUIRED_ITEMS = ('params', 'config')
-_EXPECTED = ('a training workdir, its checkpoints/ directory, or one step directory holding '
+_EXPECTED = ('a shipped name (dsrnet_x4, dsrnet_x8), a training workdir, its checkpoints/ directory, or one '
+             'step directory holding '
              "'params' and 'config'")
 
 
@@ -45,6 +47,44 @@ def saved_steps(directory) -> list[int]:
 
 def _is_step_dir(path: pathlib.Path) -> bool:
   return any((path / item).exists() for item in REQUIRED_ITEMS) or (path / '_CHECKPOINT_METADATA').exists()
+
+
+# The shipped weights (checkpoints/ of the checkout), addressable by name: `--checkpoint dsrnet_x4`.
+SHIPPED_ROOT = pathlib.Path(__file__).resolve().parents[1] / 'checkpoints'
+SUMS = 'SHA256SUMS'
+
+
+def file_sums(root) -> dict:
+  """{relative path: sha256} of every file under `root` except the SHA256SUMS list itself."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(root)
+  return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+          for f in sorted(root.rglob('*')) if f.is_file() and f.name != SUMS}
+
+
+def verify_sums(root) -> None:
+  """Checks <root>/SHA256SUMS ('<sha256>  <relative path>' lines); UserError naming the first mismatch."""
+  root = pathlib.Path(root)
+  listed = {}
+  for line in (root / SUMS).read_text().splitlines():
+    digest, _, rel = line.partition('  ')
+    listed[rel] = digest
+  got = file_sums(root)
+  for rel in sorted(listed.keys() | got.keys()):
+    if listed.get(rel) != got.get(rel):
+      what = 'missing' if rel not in got else 'not listed' if rel not in listed else 'sha256 differs'
+      raise UserError(f'checkpoint {root / rel}: {what} (against {root / SUMS}); the shipped weights are '
+                      'damaged or changed: restore them with git checkout')
+
+
+def shipped_checkpoint(name: str):
+  """The directory of a shipped checkpoint named `name` (verified against its SHA256SUMS), or None."""
+  if not re.fullmatch(r'dsrnet_x\d+', name) or not (SHIPPED_ROOT / name).is_dir():
+    return None
+  root = SHIPPED_ROOT / name
+  if (root / SUMS).is_file():
+    verify_sums(root)
+  return root
 
 
 def resolve_checkpoint(path) -> tuple[str, int]:
@@ -63,6 +103,8 @@ def resolve_checkpoint(path) -> tuple[str, int]:
   if not str(path):
     raise UserError(f'checkpoint path is empty (expected {_EXPECTED})')
   p = pathlib.Path(path).expanduser().absolute()
+  if not p.exists():
+    p = shipped_checkpoint(str(path)) or p
   if not p.exists():
     raise UserError(f'checkpoint {p}: no such file or directory (expected {_EXPECTED})')
   if not p.is_dir():

@@ -55,3 +55,20 @@ def test_recorded_middlebury2005_scores_reproduce(path, shared_data_dir, tmp_pat
     # can flip a handful of roundings, nothing more.
     assert res['per_scene'][scene]['mad'] == pytest.approx(want['mad'], abs=2e-3), scene
     assert res['per_scene'][scene]['rmse'] == pytest.approx(want['rmse'], abs=1e-2), scene
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=lambda p: p.name)
+def test_weights_by_name_are_verified_against_their_sha256(path, tmp_path):
+  # After the tests above read them: loading never writes into the shipped directory.
+  restore.verify_sums(path)
+  assert restore.resolve_checkpoint(path.name) == (str(path), int(json.loads(
+      (path / 'eval_middlebury2005.json').read_text())['step']))
+  copy = tmp_path / path.name
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(path, copy)
+  target = max((f for f in copy.rglob('*') if f.is_file() and f.name != restore.SUMS), key=lambda f: f.stat().st_size)
+  data = bytearray(target.read_bytes())
+  data[len(data) // 2] ^= 1
+  target.write_bytes(bytes(data))
+  with pytest.raises(restore.UserError, match='sha256 differs'):
+    restore.verify_sums(copy)
