@@ -244,8 +244,8 @@ def check_not_in_checkpoint(out_dir: pathlib.Path) -> None:
 
 
 def check_outputs(inputs, out_dir: pathlib.Path, scale: int, overwrite: bool):
+  check_not_in_checkpoint(out_dir)  # first: the write probe below must not touch a checkpoint directory
   paths.check_dir_target(out_dir, '--output', writable=True)
-  check_not_in_checkpoint(out_dir)
   seen = {}
   for inp in inputs:
     for p in output_paths(inp, out_dir, scale):

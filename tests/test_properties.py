@@ -78,7 +78,7 @@ def _holes(stored: np.ndarray) -> np.ndarray:
   return stored <= 0
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(shape=shapes, storage=st.sampled_from(STORAGE), values=st.sampled_from(VALUES),
        tile=st.sampled_from([0, predict.MIN_TILE, 24, 512]), seed=st.integers(0, 2**16))
