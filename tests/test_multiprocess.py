@@ -10,6 +10,7 @@ option to pin; either way both processes run on this host.)
 
 This file is also the workers' script: `python tests/test_multiprocess.py PROCESS_ID PORT OUT.npz`.
 """
+import contextlib
 import functools
 import os
 import pathlib
@@ -113,22 +114,14 @@ def _env():
   return env
 
 
-def test_two_processes_match_one_process(tmp_path):
-  import chex  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  assert jax.process_count() == 1
-
-  port = _free_port()
-  outs = [tmp_path / f'process{i}.npz' for i in range(NUM_PROCESSES)]
-  logs = [open(tmp_path / f'process{i}.log', 'w') for i in range(NUM_PROCESSES)]
-  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(outs[i])], cwd=REPO,
-                            env=_env(), stdout=logs[i], stderr=subprocess.STDOUT)
-           for i in range(NUM_PROCESSES)]
+@contextlib.contextmanager
+def _workers(args, tmp_path, name: str):
+  """NUM_PROCESSES runs of this file with args(i), logged to <name><i>.log; killed if still running after."""
+  logs = [open(tmp_path / f'{name}{i}.log', 'w') for i in range(NUM_PROCESSES)]
+  procs = [subprocess.Popen([sys.executable, __file__, *args(i)], cwd=REPO, env=_env(), stdout=logs[i],
+                            stderr=subprocess.STDOUT) for i in range(NUM_PROCESSES)]
   try:
-    # The one-process reference runs here meanwhile (the pytest process: 8 CPU devices, one used).
-    ref_params, ref_losses, ref_batches = train_steps(jax.devices()[:1], process_index=0, process_count=1)
-    for p in procs:
-      p.wait(timeout=TIMEOUT)
+    yield procs
   finally:
     for p in procs:
       if p.poll() is None:
@@ -136,6 +129,20 @@ def test_two_processes_match_one_process(tmp_path):
         p.wait()
     for f in logs:
       f.close()
+
+
+def test_two_processes_match_one_process(tmp_path):
+  import chex  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.process_count() == 1
+
+  port = _free_port()
+  outs = [tmp_path / f'process{i}.npz' for i in range(NUM_PROCESSES)]
+  with _workers(lambda i: [str(i), str(port), str(outs[i])], tmp_path, 'process') as procs:
+    # The one-process reference runs here meanwhile (the pytest process: 8 CPU devices, one used).
+    ref_params, ref_losses, ref_batches = train_steps(jax.devices()[:1], process_index=0, process_count=1)
+    for p in procs:
+      p.wait(timeout=TIMEOUT)
   for i, p in enumerate(procs):
     assert p.returncode == 0, f'process {i} exited {p.returncode}:\n' + (
         tmp_path / f'process{i}.log').read_text()[-4000:]
@@ -190,11 +197,7 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
   import signal  # pylint: disable=g-import-not-at-top
   port = _free_port()
   outs = [tmp_path / f'stop{i}.txt' for i in range(NUM_PROCESSES)]
-  logs = [open(tmp_path / f'stop{i}.log', 'w') for i in range(NUM_PROCESSES)]
-  procs = [subprocess.Popen([sys.executable, __file__, 'preempt', str(i), str(port), str(outs[i])], cwd=REPO,
-                            env=_env(), stdout=logs[i], stderr=subprocess.STDOUT)
-           for i in range(NUM_PROCESSES)]
-  try:
+  with _workers(lambda i: ['preempt', str(i), str(port), str(outs[i])], tmp_path, 'stop') as procs:
     deadline = time.monotonic() + TIMEOUT
     while not all(pathlib.Path(f'{o}.ready').exists() for o in outs):
       assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, 'workers did not start'
@@ -203,13 +206,6 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
     procs[1].send_signal(signal.SIGTERM)  # the notice reaches one host only
     for p in procs:
       p.wait(timeout=TIMEOUT)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-    for f in logs:
-      f.close()
   for i, p in enumerate(procs):
     assert p.returncode == 0, (tmp_path / f'stop{i}.log').read_text()[-3000:]
   got = [o.read_text().split(' ', 1) for o in outs]
