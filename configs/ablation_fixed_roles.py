@@ -1,5 +1,5 @@
 """Ablation: fixed roles, DENet is always the teacher (no role exchange)."""
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

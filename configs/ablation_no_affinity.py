@@ -1,5 +1,5 @@
 """Ablation: cross-task transfer without affinity-space distillation (output-space L1 only)."""
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
 """Ablation: cross-task transfer without SPNet (no structure loss)."""
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ reproduces the first version bit for bit (tests/test_v1_preset.py).
 
   python -m dsr_jax.main --config configs/ablation_v1.py --workdir runs/v1
 """
-from configs import default
+from dsr_jax.configs import default
 
 
 def apply(c):

@@ -1,5 +1,5 @@
 """Ablation "DSRNet w/o CT": DSRNet alone on L_DSR (no DENet, no SPNet), same data and steps as default."""
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

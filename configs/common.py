@@ -1,5 +1,5 @@
 """Helpers for derived configs: real-data presets share these settings."""
-from configs import default
+from dsr_jax.configs import default
 
 
 def real_data(name: str, scale: int, crop: int = 128):

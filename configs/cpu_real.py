@@ -10,7 +10,7 @@ middlebury_lu train split (repeated 8 times, so its 26 images weigh about a thir
 rgbdd's 362) plus rgbdd train; never the six Middlebury 2005 benchmark scenes (readers.BENCHMARK_SCENES).
 Needs the data directory of ../shared/data: --config.data.dir=DIR or $DSR_DATA_DIR.
 """
-from configs import default
+from dsr_jax.configs import default
 
 _VARIANTS = ('ct', 'wo_ct', 'fixed')
 

@@ -4,7 +4,7 @@
       --config.eval.checkpoint_dir=C --config.data.dir=DATA
 Bicubic baseline: --config.model.name=bicubic --config.model.scale=4 (no checkpoint).
 """
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

@@ -3,7 +3,7 @@
   python -m dsr_jax.main --config configs/eval_nyu.py --workdir W \
       --config.eval.checkpoint_dir=C --config.data.dir=DATA
 """
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

@@ -4,7 +4,7 @@
       --config.eval.checkpoint_dir=C --config.data.dir=DATA
 Split 'test' is the held-out part of the 405 pairs (see input_pipeline/readers.py).
 """
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

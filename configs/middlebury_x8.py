@@ -1,5 +1,5 @@
 """Middlebury-30 (minus the benchmark scenes) + Lu, x8. Evaluate on Middlebury 2005 with eval_middlebury2005.py."""
-from configs import common
+from dsr_jax.configs import common
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
 """NYU Depth v2 (metres, DKN layout: nyu_v2/Depth/*.npy + RGB/*.jpg), x4."""
-from configs import common
+from dsr_jax.configs import common
 
 
 def get_config(arg=None):

@@ -2,7 +2,7 @@
 
 Override the scale with --config.model.scale=8 (and data.crop to a multiple of it).
 """
-from configs import common
+from dsr_jax.configs import common
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
 """RGB-D-D time-of-flight depth (mm), x4."""
-from configs import common
+from dsr_jax.configs import common
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
 """Tiny config for tests: every phase in a few steps, small shapes, batch 8 (divides 8 fake devices)."""
-from configs import default
+from dsr_jax.configs import default
 
 
 def get_config(arg=None):

@@ -137,7 +137,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_config(a):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model.update(model_config(a))
   c.loss.affinity_pool = a.affinity_pool
@@ -285,7 +285,7 @@ def cmd_bf16(a) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import optim, roles, state as state_lib, steps  # pylint: disable=g-import-not-at-top
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   c = _bench_config(a)
   c.data.name = 'synthetic_rgbd'
   c.data.synthetic.size = (max(a.hr, 32),) * 2
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--peer-compile', action='store_true', help='torch.compile the peer step')
   p.set_defaults(fn=cmd_compare)
   try:
-    from input_pipeline import bench_pipeline  # pylint: disable=g-import-not-at-top
+    from dsr_jax.input_pipeline import bench_pipeline  # pylint: disable=g-import-not-at-top
     p = sub.add_parser('pipeline', help='grain input-pipeline throughput')
     bench_pipeline.add_args(p)
     p.set_defaults(fn=bench_pipeline.run)

@@ -70,7 +70,7 @@ from dsr_jax import paths
 from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
-from input_pipeline import degradation
+from dsr_jax.input_pipeline import degradation
 
 BUCKET = 32
 MODELS = ('dsrnet', 'bicubic')
@@ -134,7 +134,8 @@ def _check_tiling(tile, overlap):
     raise ConfigError(f'overlap={overlap!r}: expected an integer >= 0 (LR context pixels per tile side)')
 
 
-def run_windows(fn, params, x, *, scale: int, margin: int, tile: int = 0, bucket: int = BUCKET):
+def run_windows(fn, params, x, *, scale: int, margin: int, tile: int = 0, bucket: int = BUCKET,
+                progress=None):
   """Applies a fully-convolutional `fn` to (h, w, c) `x` in reflected, bucketed windows.
 
   Args:
@@ -145,6 +146,7 @@ def run_windows(fn, params, x, *, scale: int, margin: int, tile: int = 0, bucket
     margin: context pixels added on each side of every window (>= fn's receptive field for exactness).
     tile: core size in input pixels (0 = the whole image in one window).
     bucket: window sizes are rounded up to a multiple of this (one compilation per bucket shape).
+    progress: optional callable(done, total), called after each window's output has been fetched.
 
   Returns:
     float32 (scale*h, scale*w).
@@ -158,20 +160,25 @@ def run_windows(fn, params, x, *, scale: int, margin: int, tile: int = 0, bucket
   ext = np.pad(x, ((m, wh - th - m), (m, ww - tw - m), (0, 0)), mode='symmetric')
   out = np.empty((s * h, s * w), np.float32)
   pending = None
+  starts = [(y0, x0) for y0 in _tile_starts(h, th) for x0 in _tile_starts(w, tw)]
+  done = 0
 
   def collect(item):
+    nonlocal done
     (y0, x0), y = item
     y = np.asarray(y)[0, :, :, 0]
     out[s * y0:s * (y0 + th), s * x0:s * (x0 + tw)] = y[s * m:s * (m + th), s * m:s * (m + tw)]
+    done += 1
+    if progress is not None:
+      progress(done, len(starts))
 
-  for y0 in _tile_starts(h, th):
-    for x0 in _tile_starts(w, tw):
-      # Dispatch the next window before fetching the previous one: the device never waits for the host
-      # copy, and at most two windows are alive.
-      item = ((y0, x0), fn(params, ext[None, y0:y0 + wh, x0:x0 + ww]))
-      if pending is not None:
-        collect(pending)
-      pending = item
+  for y0, x0 in starts:
+    # Dispatch the next window before fetching the previous one: the device never waits for the host
+    # copy, and at most two windows are alive.
+    item = ((y0, x0), fn(params, ext[None, y0:y0 + wh, x0:x0 + ww]))
+    if pending is not None:
+      collect(pending)
+    pending = item
   collect(pending)
   return out
 
@@ -200,7 +207,8 @@ def _inverse_transform(y, t, fy, fx):
   return y
 
 
-def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble: bool = False):
+def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble: bool = False,
+                  progress=None):
   """DSRNet on one normalised LR depth map of any size.
 
   Args:
@@ -210,6 +218,7 @@ def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble
     tile: LR pixels per tile side (0 = whole image).
     overlap: LR context pixels per tile side; raised to `receptive_margin(dsr)` if smaller.
     ensemble: average the 8 flip/transpose self-ensemble outputs.
+    progress: optional callable(done, total) over all windows (of all 8 passes with `ensemble`).
 
   Returns:
     float32 (s*h, s*w).
@@ -223,14 +232,17 @@ def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble
   margin = max(int(overlap), receptive_margin(dsr))
   fn = _apply_fn(dsr)
 
-  def one(z):
+  passes = len(ENSEMBLE) if ensemble else 1
+
+  def one(z, k):
+    report = None if progress is None else lambda i, n: progress(k * n + i, passes * n)
     return run_windows(fn, params, np.ascontiguousarray(z)[..., None], scale=dsr.scale, margin=margin,
-                       tile=int(tile))
+                       tile=int(tile), progress=report)
   if not ensemble:
-    return one(x)
+    return one(x, 0)
   acc = np.zeros((dsr.scale * x.shape[0], dsr.scale * x.shape[1]), np.float32)
-  for tr in ENSEMBLE:
-    acc += _inverse_transform(one(_forward_transform(x, *tr)), *tr)
+  for k, tr in enumerate(ENSEMBLE):
+    acc += _inverse_transform(one(_forward_transform(x, *tr), k), *tr)
   return acc / np.float32(len(ENSEMBLE))
 
 
@@ -378,8 +390,8 @@ def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estima
   Returns:
     {'per_scene': {name: metrics}, 'mean': metrics, 'denet': {...} or absent, 'images': n, 'seconds': t}.
   """
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from input_pipeline import sources  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import sources  # pylint: disable=g-import-not-at-top
   proto = protocol_for(dataset)
   cfg = _data_config(config, dataset, scale)
   source = sources.get_source(cfg.data, 'test')
@@ -596,8 +608,8 @@ def real_sensor(dsr, params, data_dir, scale: int) -> dict:
   3. RMSE in cm over the HR's valid pixels (the literature's RGB-D-D unit), no border crop.
   Returns {'per_scene': {name: {'rmse_cm', 'bicubic_rmse_cm'}}, 'mean': {...}, 'protocol': str}.
   """
-  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   norm = readers.dataset_info('rgbdd').norm
   per_scene = {}
   for rec in readers.list_records(data_dir, 'rgbdd', 'realscene'):

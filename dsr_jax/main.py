@@ -124,7 +124,7 @@ def config_by_name(value: str) -> str:
   if not name or '/' in name or os.sep in name or name.endswith('.py') or os.path.exists(name):
     return value
   import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.find_spec('configs')
+  spec = importlib.util.find_spec('dsr_jax.configs')
   for root in (spec.submodule_search_locations or []) if spec else []:
     path = os.path.join(root, f'{name}.py')
     if os.path.isfile(path):

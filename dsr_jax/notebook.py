@@ -27,7 +27,7 @@ def tensorboard(workdir: str) -> str:
 
 def demo_scene(config, seed: int = 10**6, size=(128, 128)):
   """A held-out synthetic scene (the validation seeds): normalised HR depth (H, W) in [0, 1]."""
-  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   return synthetic.make_scene(seed, *size)['depth'].astype(np.float32)
 
 
@@ -47,7 +47,7 @@ def compare(checkpoint: str, hr: np.ndarray, *, tile: int = 0, ensemble: bool = 
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   config, params = restore.load_for_inference(checkpoint)
   s = int(config.model.scale)
   dsr = models_lib.build(config.model).dsr

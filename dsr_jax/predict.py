@@ -9,7 +9,7 @@ among them that leads nowhere is an unreadable input, like a corrupt file). The 
 `dsr_jax.restore.resolve_checkpoint` accepts (a training workdir, its checkpoints/ directory or one step).
 
 Units: the network works on depth / norm in [0, 1], with the norm it was trained with. The norm is read
-from the checkpoint config's data.name (`input_pipeline.readers.DATASETS`): 255 for the 0-255 disparity
+from the checkpoint config's data.name (`dsr_jax.input_pipeline.readers.DATASETS`): 255 for the 0-255 disparity
 sets (middlebury*), 4000 for rgbdd (16-bit PNG millimetres), 10 for nyu_v2 (.npy metres), 1 for
 synthetic_rgbd (relative depth). An 8-bit PNG is always divided by 255 (its full range, the disparity
 convention). So give depth in the unit of the training data, or set --norm to the value that maps your
@@ -205,7 +205,7 @@ def check_range(inp: DepthInput, norm: float, config) -> None:
 
 def input_norm(config, kind: str, override: float) -> float:
   """depth / norm in [0, 1] for the network (see the module docstring)."""
-  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   if override is not None:
     return float(override)
   if kind == 'png8':
@@ -328,10 +328,10 @@ def commit(staged: list) -> None:
 
 
 def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: pathlib.Path, tile: int,
-            overlap: int, ensemble: bool, staged: list) -> tuple[pathlib.Path, float]:
+            overlap: int, ensemble: bool, staged: list, progress=None) -> tuple[pathlib.Path, float]:
   """Super-resolves one input and stages its two outputs (see _stage); returns (output path, seconds)."""
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from input_pipeline import transforms  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import transforms  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   a = inp.data if inp.data is not None else read_depth(inp.path)[0]
   inp.data = None
@@ -339,7 +339,8 @@ def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: p
   nan_holes = np.isnan(a) if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any() else None
   x = np.where(holes, 0, a).astype(np.float32) / np.float32(norm)
   x = transforms.fill_invalid(x, ~holes)  # the network never sees a hole
-  pred = evaluate.super_resolve(dsr, params, x, tile=tile, overlap=overlap, ensemble=ensemble)
+  pred = evaluate.super_resolve(dsr, params, x, tile=tile, overlap=overlap, ensemble=ensemble,
+                                progress=progress)
   del x
   pred *= np.float32(norm)
   up = lambda m: np.repeat(np.repeat(m, scale, axis=0), scale, axis=1)
@@ -354,6 +355,26 @@ def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: p
     _save_png(out, path, staged)
   _save_png(colourise(out, holes_hr), colour_path, staged)
   return path, time.perf_counter() - t0
+
+
+class TileProgress:
+  """'[2/5] scene.png: tile 14/40' on stderr: rewritten in place on a terminal; elsewhere (a notebook, a log
+  file) at most one line per tenth of the tiles. Silent for an image done in one window."""
+
+  def __init__(self, label: str, stream=None):
+    self.label, self.stream = label, stream or sys.stderr
+    self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
+    self.shown = 0
+
+  def __call__(self, done: int, total: int) -> None:
+    if total <= 1:
+      return
+    if self.tty:
+      end = '\n' if done == total else ''
+      print(f'\r{self.label}: tile {done}/{total}', end=end, file=self.stream, flush=True)
+    elif done * 10 // total > self.shown * 10 // total or done == total:
+      self.shown = done
+      print(f'{self.label}: tile {done}/{total}', file=self.stream, flush=True)
 
 
 @contextlib.contextmanager
@@ -449,11 +470,13 @@ def predict(args) -> int:
   staged, committed = [], False
   try:
     try:
-      for inp, norm in zip(inputs, norms):
+      for k, (inp, norm) in enumerate(zip(inputs, norms), 1):
+        label = f'[{k}/{len(inputs)}] {inp.path}'
         path, seconds = process(inp, dsr, params['dsr'], scale=scale, norm=norm, out_dir=out_dir,
-                                tile=args.tile, overlap=args.overlap, ensemble=args.ensemble, staged=staged)
+                                tile=args.tile, overlap=args.overlap, ensemble=args.ensemble, staged=staged,
+                                progress=TileProgress(label))
         h, w = inp.shape
-        print(f'{inp.path} -> {path} ({h}x{w} -> {scale * h}x{scale * w}, {seconds:.2f} s)', flush=True)
+        print(f'{label} -> {path} ({h}x{w} -> {scale * h}x{scale * w}, {seconds:.2f} s)', flush=True)
     except UserError as e:
       raise UserError(f'{e}; no output was written (files already in --output {out_dir} are '
                       'unchanged)') from e

@@ -49,8 +49,10 @@ def _is_step_dir(path: pathlib.Path) -> bool:
   return any((path / item).exists() for item in REQUIRED_ITEMS) or (path / '_CHECKPOINT_METADATA').exists()
 
 
-# The shipped weights (checkpoints/ of the checkout), addressable by name: `--checkpoint dsrnet_x4`.
-SHIPPED_ROOT = pathlib.Path(__file__).resolve().parents[1] / 'checkpoints'
+# The shipped weights, addressable by name (`--checkpoint dsrnet_x4`): package data inside an installed wheel,
+# checkpoints/ beside the package in a checkout.
+_PKG = pathlib.Path(__file__).resolve().parent
+SHIPPED_ROOT = _PKG / 'checkpoints' if (_PKG / 'checkpoints').is_dir() else _PKG.parent / 'checkpoints'
 SUMS = 'SHA256SUMS'
 
 

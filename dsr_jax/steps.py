@@ -23,7 +23,7 @@ TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_ds
 
 
 def make_lr(batch, scale: int, method: str):
-  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   return degradation.downsample(batch['hr_depth'], scale, method, xp=jnp)
 
 

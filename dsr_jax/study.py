@@ -142,7 +142,7 @@ def real_sensor(checkpoint: str, data_dir: str) -> dict:
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   cfg, params = restore.load_for_inference(checkpoint)
   root = readers.resolve_data_dir(data_dir)
   if not (root / 'rgbdd' / 'realscene').is_dir():  # an optional split of the data

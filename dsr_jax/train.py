@@ -58,7 +58,7 @@ def validate(config) -> None:
 def _check_one_convention(name: str) -> None:
   # Revision 2, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
   # one training mix would ask it for two contradictory mappings.
-  from input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   try:
     mix = readers.parse_mix(name)
   except Exception:  # pylint: disable=broad-except
@@ -161,8 +161,8 @@ def _write_images(writer, step, imgs):
 
 def val_dataset(config):
   """Whole-image batches of data.val_split of data.val_name (or of data.name when that is empty)."""
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from input_pipeline import sources  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import sources  # pylint: disable=g-import-not-at-top
   name = config.data.get('val_name', '')
   if not name:
     return pipeline.eval_dataset(config, config.data.val_split)
@@ -181,7 +181,7 @@ def validation_mad(config, models, params, dataset=None):
   val_dataset(config), when the caller has built it already.
   """
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   s = config.model.scale
   dsr_params = jax.device_get(params['dsr'])
   ours, bic = [], []
@@ -245,7 +245,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
   role_rule: (e_dsr, e_de) of the finished round -> the next round's teacher code (roles.DSR, DENET or
   MUTUAL); default roles.role_rule(config.train.roles). Tests pass one to force role switches.
   """
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   validate(config)
   paths.check_dir_target(workdir, '--workdir')
   workdir = os.path.abspath(workdir)

@@ -6,9 +6,9 @@ decoding, synthetic scene generation on first touch, worker start-up), then time
 import argparse
 import time
 
-from configs import default
+from dsr_jax.configs import default
 from dsr_jax import errors
-from input_pipeline import pipeline
+from dsr_jax.input_pipeline import pipeline
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -28,8 +28,8 @@ import grain
 import numpy as np
 
 from dsr_jax.errors import ConfigError, DataError
-from input_pipeline import degradation
-from input_pipeline import transforms
+from dsr_jax.input_pipeline import degradation
+from dsr_jax.input_pipeline import transforms
 
 SCALES = degradation.SCALES
 TRAIN_KEYS = ('hr_depth', 'lr_depth', 'rgb', 'valid')
@@ -198,7 +198,7 @@ def _read_options():
 
 
 def _get_source(data_config, split):
-  from input_pipeline import sources  # pylint: disable=g-import-not-at-top  (written in parallel; lazy)
+  from dsr_jax.input_pipeline import sources  # pylint: disable=g-import-not-at-top  (written in parallel; lazy)
   return sources.get_source(data_config, split)
 
 

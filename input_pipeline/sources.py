@@ -17,7 +17,7 @@ import numpy as np
 
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import DataError
-from input_pipeline import readers
+from dsr_jax.input_pipeline import readers
 
 # Offsets of the procedural seeds: train and validation scenes never share a seed.
 SYNTHETIC_TRAIN_SEED_OFFSET = 0
@@ -121,7 +121,7 @@ class ConcatSource:
 
 def _synthetic_source(data_config, split: str):
   # Imported here so that readers-only users never pay for (or depend on) the procedural generator.
-  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   cfg = data_config.synthetic
   size = cfg.size
   positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
@@ -155,7 +155,7 @@ def _tfds_source(name: str, split: str, tfds_dir: str) -> TfdsSource:
     detail = (str(e).strip().splitlines() or [''])[0][:200]
     raise DataError(
         f"data.tfds_dir {tfds_dir}: cannot open TFDS dataset {name!r} split {split!r} ({type(e).__name__}: "
-        f'{detail}); build it with: python -m input_pipeline.tfds_builders --dataset {name} '
+        f'{detail}); build it with: python -m dsr_jax.input_pipeline.tfds_builders --dataset {name} '
         f'--manual_dir DATA_DIR --data_dir {tfds_dir}') from e
   if len(source) == 0:
     raise DataError(f'data.tfds_dir {tfds_dir}: TFDS split {split!r} of {name} is empty')

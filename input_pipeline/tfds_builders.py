@@ -7,14 +7,14 @@ depth float32 (H, W), rgb uint8 (H, W, 3), valid uint8 (H, W), norm float32, nam
 
 Build (from the repository root; --manual_dir is the data root that holds middlebury_lu/, rgbdd/, ...):
 
-  python -m input_pipeline.tfds_builders --dataset middlebury_lu --manual_dir /path/to/data \
+  python -m dsr_jax.input_pipeline.tfds_builders --dataset middlebury_lu --manual_dir /path/to/data \
       --data_dir ~/tensorflow_datasets
 
 ('--dataset all' builds every dataset, 'a+b' several). The TFDS CLI's `build` command works too, but
 tfds 4.9.10's `tfds` entry point imports apache-beam and mlcroissant (not dependencies here) first.
 Several builders live in this module, so they are registered through --imports:
 
-  PYTHONPATH=. tfds build middlebury_lu --imports input_pipeline.tfds_builders \
+  PYTHONPATH=. tfds build middlebury_lu --imports dsr_jax.input_pipeline.tfds_builders \
       --manual_dir /path/to/data --data_dir ~/tensorflow_datasets
 
 Then train from the records with `--config.data.tfds_dir ~/tensorflow_datasets`. Files are ArrayRecord
@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
-from input_pipeline import readers
+from dsr_jax.input_pipeline import readers
 
 _CITATION = """\
 @inproceedings{sun2021learning,
@@ -151,7 +151,7 @@ class SyntheticRgbd(_Builder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    from input_pipeline import sources, synthetic  # pylint: disable=g-import-not-at-top
+    from dsr_jax.input_pipeline import sources, synthetic  # pylint: disable=g-import-not-at-top
     h, w = self.SIZE
     train = synthetic.SyntheticSource(self.NUM_TRAIN, h, w, sources.SYNTHETIC_TRAIN_SEED_OFFSET)
     val = synthetic.SyntheticSource(self.NUM_VAL, h, w, sources.SYNTHETIC_VAL_SEED_OFFSET)
@@ -221,7 +221,7 @@ def build(dataset: str, data_dir: str, manual_dir: str = '', overwrite: bool = F
 
 
 def main(argv=None) -> int:
-  parser = ArgumentParser(prog='python -m input_pipeline.tfds_builders', description=__doc__.split('\n')[0])
+  parser = ArgumentParser(prog='python -m dsr_jax.input_pipeline.tfds_builders', description=__doc__.split('\n')[0])
   parser.add_argument('--dataset', required=True, help=f"one of {', '.join(BUILDERS)}, or 'all'")
   parser.add_argument('--manual_dir', default='', help='data root laid out like shared/data '
                       '(default: $DSR_DATA_DIR)')

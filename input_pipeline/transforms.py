@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from dsr_jax.errors import ConfigError, DataError
-from input_pipeline import degradation
+from dsr_jax.input_pipeline import degradation
 
 
 def example_name(ex) -> str:

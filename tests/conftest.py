@@ -40,7 +40,7 @@ def fast_compile():
 @pytest.fixture(scope='session')
 def ckpt(tmp_path_factory):
   """A configs/test.py run (x2, 8 steps) trained once per session on the 8 fake devices."""
-  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+  from dsr_jax.configs import test as test_config  # pylint: disable=g-import-not-at-top
   from dsr_jax import train  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.getbasetemp() / 'tiny_ckpt'
   with fast_compile():

@@ -1,7 +1,7 @@
 """Table-driven bad inputs for every entry point: one line on stderr, exit status 2, nothing written.
 
 Each case builds its (tiny, fake) inputs under its own directory, runs one subprocess of
-`python -m dsr_jax.main`, `python -m dsr_jax.predict` or `python -m input_pipeline.tfds_builders`, and checks:
+`python -m dsr_jax.main`, `python -m dsr_jax.predict` or `python -m dsr_jax.input_pipeline.tfds_builders`, and checks:
   - exit status 2 and no 'Traceback' anywhere in the output;
   - after dropping absl / TF log lines, stderr is exactly one line, starting with 'error:', that names the
     offending file, directory or config field;
@@ -489,7 +489,7 @@ CASES = [
     Case('builder-unknown-dataset', 'builder', _builder_unknown_dataset),
 ]
 
-MODULES = {'main': 'dsr_jax.main', 'predict': 'dsr_jax.predict', 'builder': 'input_pipeline.tfds_builders'}
+MODULES = {'main': 'dsr_jax.main', 'predict': 'dsr_jax.predict', 'builder': 'dsr_jax.input_pipeline.tfds_builders'}
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -530,7 +530,7 @@ def _env():
 def _make_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
   """An x2 checkpoint (configs/test.py, untrained) written by the training code's own save()."""
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+  from dsr_jax.configs import test as test_config  # pylint: disable=g-import-not-at-top
   from dsr_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import optim  # pylint: disable=g-import-not-at-top

@@ -12,10 +12,10 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from dsr_jax.errors import DataError
-from input_pipeline import readers
-from input_pipeline import sources
-from input_pipeline import synthetic
-from input_pipeline import tfds_builders
+from dsr_jax.input_pipeline import readers
+from dsr_jax.input_pipeline import sources
+from dsr_jax.input_pipeline import synthetic
+from dsr_jax.input_pipeline import tfds_builders
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 KEYS = ('depth', 'rgb', 'valid', 'norm')
@@ -76,7 +76,7 @@ def test_get_source_from_tfds_equals_manual(real_build, shared_data_dir):
 def test_reading_needs_no_tensorflow(real_build):
   code = (
       'import sys\n'
-      'from input_pipeline import sources\n'
+      'from dsr_jax.input_pipeline import sources\n'
       'import ml_collections\n'
       f"c = ml_collections.ConfigDict(dict(name='nyu_v2', dir='', tfds_dir={str(real_build)!r}))\n"
       "s = sources.get_source(c, 'test')\n"

@@ -6,7 +6,7 @@ from PIL import Image
 import pytest
 
 from dsr_jax.errors import ConfigError
-from input_pipeline import degradation
+from dsr_jax.input_pipeline import degradation
 
 # Table 1 of Sun et al. (CVPR 2021), Bicubic row: MAD on the 0-255 scale for x2/x4/x8/x16.
 PAPER_BICUBIC_MAD = {

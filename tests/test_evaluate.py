@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import count_calls
-from configs import eval_middlebury2005
-from configs import test as test_config
+from dsr_jax.configs import eval_middlebury2005
+from dsr_jax.configs import test as test_config
 from dsr_jax import evaluate
 from dsr_jax import main as main_lib
 from dsr_jax import restore

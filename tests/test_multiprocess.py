@@ -29,7 +29,7 @@ TIMEOUT = 240  # seconds for the whole two-process run (two cold compiles on a 2
 
 
 def _config():
-  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+  from dsr_jax.configs import test as test_config  # pylint: disable=g-import-not-at-top
   cfg = test_config.get_config()
   cfg.data.workers = 0
   # DSRNet alone ("w/o CT"): data parallelism does not depend on the phase, and the smaller step compiles
@@ -50,7 +50,7 @@ def train_steps(devices, process_index=None, process_count=None):
   from dsr_jax import sharding  # pylint: disable=g-import-not-at-top
   from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import steps  # pylint: disable=g-import-not-at-top
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
   cfg = _config()
   models = models_lib.build(cfg.model)

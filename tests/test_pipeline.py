@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from dsr_jax.configs import default
 from dsr_jax.errors import ConfigError, DataError
-from input_pipeline import bench_pipeline, degradation, pipeline, synthetic, transforms
+from dsr_jax.input_pipeline import bench_pipeline, degradation, pipeline, synthetic, transforms
 
 
 def small_config(**data):
@@ -360,7 +360,7 @@ def test_bench_pipeline_runs_and_is_reproducible():
 
 def test_eval_middlebury2005_through_the_pipeline_keeps_the_protocol(shared_data_dir):
   """eval_dataset's float32 LR + bicubic upsampling still gives the paper's x4 Bicubic MAD."""
-  pytest.importorskip('input_pipeline.sources')
+  pytest.importorskip('dsr_jax.input_pipeline.sources')
   c = small_config(name='middlebury2005', dir=str(shared_data_dir), eval_batch=4)
   mad = {}
   for b in pipeline.eval_dataset(c, 'test'):
@@ -375,7 +375,7 @@ def test_eval_middlebury2005_through_the_pipeline_keeps_the_protocol(shared_data
 
 
 def test_mix_repeats_weight_train_only():
-  from input_pipeline import readers, sources  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import readers, sources  # pylint: disable=g-import-not-at-top
   assert readers.parse_mix('middlebury_lu*8+rgbdd') == [('middlebury_lu', 8), ('rgbdd', 1)]
   c = default.get_config()
   c.data.synthetic.num_train, c.data.synthetic.num_val = 5, 3

@@ -1,4 +1,5 @@
 """The predict CLI: PNG16 / PNG8 / npy round trips with holes, tiling, --overwrite, one-line refusals."""
+import io
 import os
 import pathlib
 import shutil
@@ -10,7 +11,7 @@ from PIL import Image
 import pytest
 
 from dsr_jax import predict
-from input_pipeline import degradation
+from dsr_jax.input_pipeline import degradation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCALE = 2  # configs/test.py
@@ -90,20 +91,38 @@ def test_round_trip_png16_png8_npy(ckpt, tmp_path, capsys):
   _check_colour(out / 'c_x2_color.png', ~valid)
 
 
-def test_tiled_and_ensemble_cli(ckpt, tmp_path):
+def test_tiled_and_ensemble_cli(ckpt, tmp_path, capsys):
   write_inputs(tmp_path / 'in')
   src = tmp_path / 'in' / 'c.npy'
-  runs = {}
+  runs, err = {}, {}
   for name, extra in (('whole', ['--tile', '0']), ('tiled', ['--tile', '8', '--overlap', '3']),
                       ('ens', ['--ensemble', '--tile', '16'])):
     assert predict.main(['--checkpoint', str(ckpt), '--input', str(src), '--output',
                          str(tmp_path / name)] + extra) == 0
     runs[name] = np.load(tmp_path / name / 'c_x2.npy', allow_pickle=False)
+    err[name] = capsys.readouterr().err
+  # Tile progress (stderr is not a terminal here: at most one line per tenth, ending at n/n).
+  assert ': tile ' not in err['whole']
+  tiles = [ln for ln in err['tiled'].splitlines() if ': tile ' in ln]
+  assert tiles and tiles[-1].startswith('[1/1] ') and tiles[-1].endswith('tile 35/35'), err['tiled']
+  assert len(tiles) <= 11
+  assert err['ens'].splitlines()[-1].endswith('tile 96/96'), err['ens']  # 3 x 4 windows, 8 ensemble passes
   np.testing.assert_allclose(runs['tiled'], runs['whole'], atol=1e-4)
   ens, whole = runs['ens'], runs['whole']
   assert ens.shape == whole.shape and ens.dtype == np.float32
   np.testing.assert_array_equal(np.isnan(ens), np.isnan(whole))
   assert np.nanmean(np.abs(ens - whole)) < 0.05
+
+
+def test_tile_progress_rewrites_one_line_on_a_terminal():
+  class Tty(io.StringIO):
+    def isatty(self):
+      return True
+  out = Tty()
+  show = predict.TileProgress('[1/2] a.png', out)
+  for i in range(1, 5):
+    show(i, 4)
+  assert out.getvalue() == ''.join(f'\r[1/2] a.png: tile {i}/4' for i in range(1, 5)) + '\n'
 
 
 def _cli(*args, **popen):

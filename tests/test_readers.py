@@ -9,8 +9,8 @@ from PIL import Image
 
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import DataError
-from input_pipeline import readers
-from input_pipeline import sources
+from dsr_jax.input_pipeline import readers
+from dsr_jax.input_pipeline import sources
 
 EXCLUDED_IDS = ('_02', '_06', '_14', '_18', '_21', '_24')
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import count_calls
-from configs import test as test_config
+from dsr_jax.configs import test as test_config
 from dsr_jax import losses
 from dsr_jax import models as models_lib
 from dsr_jax import roles

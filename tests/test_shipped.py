@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import eval_middlebury2005
+from dsr_jax.configs import eval_middlebury2005
 from dsr_jax import evaluate
 from dsr_jax import predict
 from dsr_jax import restore

@@ -69,7 +69,7 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
 
 def test_real_sensor_protocol_bicubic_identity(shared_data_dir):
   """A DSRNet whose output conv is zero is exactly its bicubic residual: its RMSE must equal bicubic's."""
-  from configs import test as test_config
+  from dsr_jax.configs import test as test_config
   from dsr_jax import evaluate
   from dsr_jax import models as models_lib
   from dsr_jax import state as state_lib

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from input_pipeline import synthetic
+from dsr_jax.input_pipeline import synthetic
 
 
 def _grad_mag(a):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import count_calls
-from configs import test as test_config
+from dsr_jax.configs import test as test_config
 from dsr_jax import models as models_lib
 from dsr_jax import optim
 from dsr_jax import roles

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import ablation_v1
-from configs import test as test_config
+from dsr_jax.configs import ablation_v1
+from dsr_jax.configs import test as test_config
 from dsr_jax import roles
 from dsr_jax import train
 

@@ -10,7 +10,7 @@ from dsr_jax.models import layers
 def bicubic_upsample(x, scale: int):
   # The global residual is the same MATLAB-style bicubic as the bicubic baseline, so a zero output conv
   # reproduces the baseline exactly.
-  from input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   return degradation.upsample_bicubic(x, scale, xp=jnp)
 
 

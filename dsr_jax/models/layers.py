@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from dsr_jax.errors import ConfigError
-from input_pipeline import degradation
+from dsr_jax.input_pipeline import degradation
 
 SCALES = degradation.SCALES
 BP_IMPLS = ('polyphase', 'reference')

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configs import test as test_config  # noqa: E402
+from dsr_jax.configs import test as test_config  # noqa: E402
 from dsr_jax import roles  # noqa: E402
 from dsr_jax import train  # noqa: E402
 
