@@ -11,7 +11,25 @@ import ml_collections
 from dsr_jax.errors import ConfigError
 
 
+def config_by_name(value: str) -> str:
+  """'default' or 'cpu_real:x4,ct' -> the path of that file among the installed configs; paths unchanged."""
+  name, sep, arg = value.partition(':')
+  if not name or '/' in name or os.sep in name or name.endswith('.py') or os.path.exists(name):
+    return value
+  spec = importlib.util.find_spec('dsr_jax.configs')
+  for root in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(root, f'{name}.py')
+    if os.path.isfile(path):
+      return path + sep + arg
+  return value  # the config flag then names the missing file
+
+
+
 def load_config(path: str, arg=None, **overrides) -> ml_collections.ConfigDict:
+  """A config by file path or installed name, with `arg` (or a ':arg' suffix) and dotted overrides."""
+  path = config_by_name(path)
+  if arg is None and not os.path.isfile(path) and ':' in path:
+    path, arg = path.rsplit(':', 1)
   if not os.path.isfile(path):
     raise ConfigError(f'{path}: no such config file (expected e.g. configs/default.py)')
   spec = importlib.util.spec_from_file_location(f'_dsr_config_{abs(hash(path))}', path)

@@ -118,28 +118,15 @@ def _one_line(e: BaseException) -> str:
   return text
 
 
-def config_by_name(value: str) -> str:
-  """'default' or 'cpu_real:x4,ct' -> the path of that file among the installed configs; paths unchanged."""
-  name, sep, arg = value.partition(':')
-  if not name or '/' in name or os.sep in name or name.endswith('.py') or os.path.exists(name):
-    return value
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.find_spec('dsr_jax.configs')
-  for root in (spec.submodule_search_locations or []) if spec else []:
-    path = os.path.join(root, f'{name}.py')
-    if os.path.isfile(path):
-      return path + sep + arg
-  return value  # the config flag then names the missing file
-
-
 def _resolve_config_names(argv):
+  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
   out, i = list(argv), 1
   while i < len(out):
     if out[i] == '--config' and i + 1 < len(out):
-      out[i + 1] = config_by_name(out[i + 1])
+      out[i + 1] = config_lib.config_by_name(out[i + 1])
       i += 1
     elif out[i].startswith('--config='):
-      out[i] = '--config=' + config_by_name(out[i][len('--config='):])
+      out[i] = '--config=' + config_lib.config_by_name(out[i][len('--config='):])
     i += 1
   return out
 

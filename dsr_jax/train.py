@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
+from dsr_jax import config_lib
 from dsr_jax import checkpointing
 from dsr_jax import lifecycle
 from dsr_jax import models as models_lib
@@ -40,11 +41,9 @@ def cross_task(config) -> bool:
 
 
 def validate(config) -> None:
+  config_lib.check_numbers(config)  # also here: Colab and the study call train_and_evaluate directly
   roles.validate(config, cross_task(config))
   models_lib.build(config.model)
-  if config.ckpt.every_steps < 1 or config.ckpt.keep < 1:
-    raise ConfigError(f'ckpt.every_steps={config.ckpt.every_steps}, ckpt.keep={config.ckpt.keep}: '
-                      'expected positive integers')
   if config.data.get('lr_on_device', False) and config.data.noise_sigma > 0:
     raise ConfigError('data.noise_sigma > 0 needs data.lr_on_device=False (the noise is added on the host)')
   if cross_task(config):

@@ -4,16 +4,23 @@ import pathlib
 import subprocess
 import sys
 
-from dsr_jax import main as main_lib
+from dsr_jax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_config_names_resolve_to_installed_files_and_paths_stay():
-  assert main_lib.config_by_name('default') == str(REPO / 'configs' / 'default.py')
-  assert main_lib.config_by_name('cpu_real:x4,ct') == str(REPO / 'configs' / 'cpu_real.py') + ':x4,ct'
-  assert main_lib.config_by_name('configs/test.py') == 'configs/test.py'
-  assert main_lib.config_by_name('no_such_config') == 'no_such_config'  # the flag then names it
+  assert config_lib.config_by_name('default') == str(REPO / 'configs' / 'default.py')
+  assert config_lib.config_by_name('cpu_real:x4,ct') == str(REPO / 'configs' / 'cpu_real.py') + ':x4,ct'
+  assert config_lib.config_by_name('configs/test.py') == 'configs/test.py'
+  assert config_lib.config_by_name('no_such_config') == 'no_such_config'  # the flag then names it
+
+
+def test_load_config_takes_names_and_arguments():
+  by_path = config_lib.load_config(str(REPO / 'configs' / 'cpu_real.py'), 'x8,ct')
+  assert config_lib.load_config('cpu_real:x8,ct').to_dict() == by_path.to_dict()
+  assert config_lib.load_config('test', **{'train.num_steps': 3}).train.num_steps == 3
+  assert by_path.model.scale == 8
 
 
 def _cli(*args, cwd):
