@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs dsr_jax into a Colab (or any) runtime WITHOUT replacing its jax: the runtime's jax/jaxlib are
-# built for its accelerator (TPU or GPU), and `pip install -r requirements.txt` would swap in a CPU build.
+# Installs this checkout into a Colab (or any) runtime and keeps the runtime's own jax/jaxlib (built for its
+# TPU or GPU; PyPI's would be a CPU build) and TensorFlow (tensorflow-cpu would replace Colab's). Only the
+# requirements the runtime does not already satisfy are installed. The notebook's first cell does the same
+# for a git URL or a wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -vE '^\s*(jax|jaxlib)\b' requirements.txt > /tmp/dsr_jax_requirements.txt
-python3 -m pip install -q -r /tmp/dsr_jax_requirements.txt
 python3 -m pip install -q --no-deps -e .
-python3 -c 'import jax; print("jax", jax.__version__, jax.devices())'
+python3 -c 'from dsr_jax import notebook; notebook.install_requirements(); notebook.check_runtime()'

@@ -109,3 +109,39 @@ def test_install_cell_stops_with_one_sentence_without_the_code(monkeypatch):
     exec(_install_cell(), {'SOURCE': ''})  # pylint: disable=exec-used
   with pytest.raises(SystemExit, match=r'^SOURCE /no/such\.whl: no such file'):
     exec(_install_cell(), {'SOURCE': '/no/such.whl'})  # pylint: disable=exec-used
+
+
+def _fake_metadata(monkeypatch, requires: dict, versions: dict):
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
+  def version(name):
+    if name not in versions:
+      raise metadata.PackageNotFoundError(name)
+    return versions[name]
+  monkeypatch.setattr(metadata, 'requires', lambda name: requires.get(name, []))
+  monkeypatch.setattr(metadata, 'version', version)
+
+
+def test_only_missing_requirements_are_installed_and_the_runtime_keeps_jax_and_tf(monkeypatch):
+  from dsr_jax import notebook  # pylint: disable=g-import-not-at-top
+  reqs = {'dsr_jax': ['jax>=0.10.2', 'jaxlib>=0.10', 'flax>=0.12.8', 'optax>=0.2.8', 'grain>=0.2.18',
+                      'tensorflow-cpu>=2.18', 'pytest; extra == "dev"']}
+  _fake_metadata(monkeypatch, reqs, {'jax': '0.4.1', 'flax': '0.12.9', 'optax': '0.2.1', 'tensorflow': '2.19.0'})
+  assert notebook.missing_requirements() == ['optax>=0.2.8', 'grain>=0.2.18']
+  _fake_metadata(monkeypatch, reqs, {'jax': '0.4.1', 'flax': '0.12.9', 'optax': '0.2.8', 'grain': '0.2.18'})
+  assert notebook.missing_requirements() == ['tensorflow-cpu>=2.18']  # no TensorFlow at all: the CPU build
+
+
+def test_runtime_check_names_a_flax_that_does_not_accept_this_jax(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  from dsr_jax import notebook  # pylint: disable=g-import-not-at-top
+  _fake_metadata(monkeypatch, {'flax': ['jax>=99.0', 'numpy'], 'optax': [f'jax>={jax.__version__}']},
+                 {'flax': '9.9.9', 'optax': '0.2.8', 'jaxlib': jax.__version__})
+  monkeypatch.setattr(notebook, '_has_gpu', lambda: False)
+  monkeypatch.setattr(notebook, '_has_tpu', lambda: False)
+  (problem,) = notebook.runtime_problems()
+  assert problem.startswith(f'flax 9.9.9 needs jax>=99.0 but the runtime has jax {jax.__version__}: pin')
+  with pytest.raises(SystemExit, match='^flax 9.9.9 needs'):
+    notebook.check_runtime()
+  monkeypatch.setattr(notebook, '_has_gpu', lambda: True)  # a GPU that this (CPU) jax cannot see
+  assert any('has a GPU but jax' in p for p in notebook.runtime_problems())
