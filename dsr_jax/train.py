@@ -142,20 +142,59 @@ def image_summaries(models, params, batch, scale: int):
   return out
 
 
+def _strip(panels, gap: int = 2) -> np.ndarray:
+  """(H, W, 3) uint8 panels of one height side by side, split by white columns."""
+  h = panels[0].shape[0]
+  sep = np.full((h, gap, 3), 255, np.uint8)
+  out = [panels[0]]
+  for pnl in panels[1:]:
+    out += [sep, pnl]
+  return np.concatenate(out, axis=1)
+
+
 def _write_images(writer, step, imgs):
+  """One strip of the first training crop: LR (nearest, at HR size) | SR | DE | GT | error | structure."""
   imgs = jax.device_get(imgs)
   gt = imgs['gt'][0, ..., 0]
   lo, hi = float(gt.min()), float(gt.max())
-  pics = {}
-  for k, v in imgs.items():
-    v = v[0, ..., 0]
-    if k in ('lr', 'sr', 'gt', 'de'):
-      pics[k] = colourise(v, 'viridis', lo, hi)
-    elif k == 'error':
-      pics[k] = colourise(v, 'inferno', 0.0, max(float(v.max()), 1e-3))
-    else:
-      pics[k] = colourise(v, 'magma')
-  writer.write_images(step, {f'images/{k}': v[None] for k, v in pics.items()})
+  s = gt.shape[0] // imgs['lr'].shape[1]
+  depth = lambda v: colourise(v, 'viridis', lo, hi)
+  panels = [depth(np.kron(imgs['lr'][0, ..., 0], np.ones((s, s), np.float32))), depth(imgs['sr'][0, ..., 0])]
+  if 'de' in imgs:
+    panels.append(depth(imgs['de'][0, ..., 0]))
+  err = imgs['error'][0, ..., 0]
+  panels += [depth(gt), colourise(err, 'inferno', 0.0, max(float(err.max()), 1e-3))]
+  target = imgs['structure_target'][0, ..., 0]
+  panels.append(colourise(target, 'magma', 0.0, max(float(target.max()), 1e-6)))
+  if 'structure_pred' in imgs:
+    panels.append(colourise(imgs['structure_pred'][0, ..., 0], 'magma', 0.0, max(float(target.max()), 1e-6)))
+  writer.write_images(step, {'images/train_crop': _strip(panels)[None]})
+
+
+def first_val_scene(dataset):
+  """The first validation image as (lr (h, w, 1), hr (H, W, 1), valid (H, W, 1)): one fixed scene whose
+  pictures are comparable from one image step to the next."""
+  for b in dataset:
+    for i in range(len(b['mask'])):
+      if b['mask'][i]:
+        return b['lr_depth'][i], b['hr_depth'][i], b['valid'][i]
+  return None
+
+
+def val_scene_strip(dsr, params, scene, scale: int) -> np.ndarray:
+  """bicubic-upsampled LR | SR | GT on the GT's colour scale | |SR - GT| (inferno, 0 to a tenth of the GT's
+  range, fixed so that steps compare)."""
+  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  lr, hr, valid = scene
+  h, w = hr.shape[:2]
+  sr = evaluate.super_resolve(dsr, params, lr)[:h, :w]
+  bic = degradation.upsample_bicubic(np.asarray(lr, np.float64)[None], scale)[0, :h, :w, 0]
+  gt, v = hr[..., 0], valid[..., 0] > 0
+  lo, hi = (float(gt[v].min()), float(gt[v].max())) if v.any() else (float(gt.min()), float(gt.max()))
+  depth = lambda x: colourise(x, 'viridis', lo, hi)
+  err = np.abs(sr - gt) * v
+  return _strip([depth(bic), depth(sr), depth(gt), colourise(err, 'inferno', 0.0, max((hi - lo) / 10, 1e-6))])
 
 
 def val_dataset(config):
@@ -273,6 +312,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
   # The validation split too is opened before anything is written: a missing or empty one fails now, with
   # no workdir left behind, not after the whole run.
   val_data = val_dataset(config)
+  val_scene = first_val_scene(val_data) if jax.process_index() == 0 else None  # TensorBoard's fixed scene
   # clu's writer and actions import TensorFlow (~4 s): only once every check above has passed.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
@@ -398,6 +438,9 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
             acc, n_acc = None, 0
           if done % tcfg.image_every == 0 or is_last:
             _write_images(writer, done, images_fn(state.params, batch))
+            if val_scene is not None:
+              writer.write_images(done, {'images/val_scene': val_scene_strip(
+                  models.dsr, jax.device_get(state.params['dsr']), val_scene, scale)[None]})
           if config.eval.every_steps and (done % config.eval.every_steps == 0) and not is_last:
             with report.timed('eval'):
               mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)

@@ -212,11 +212,20 @@ def test_smoke_all_phases_one_trace_each_and_images(smoke_run):
   assert traces == {'stage1': 1, 'dsr_student': 1, 'de_student': 1}
   acc = _event_tags(wd)
   tags = acc.Tags()['tensors']
-  for t in ('images/sr', 'images/gt', 'images/lr', 'images/de', 'images/error', 'images/structure_pred',
-            'images/structure_target', 'train/total', 'train/struct', 'train/aff', 'train/teacher',
+  for t in ('images/train_crop', 'images/val_scene', 'train/total', 'train/struct', 'train/aff', 'train/teacher',
             'train/side_dsr', 'train/side_de'):
     assert t in tags, t
   import tensorflow as tf
+  # The pictures are strips: a training crop (LR at HR size | SR | DE | GT | error | structure target |
+  # prediction) and the fixed validation scene (bicubic | SR | GT | error), panels split by 2 white columns.
+  png = lambda tag: tf.io.decode_png(tf.make_ndarray(acc.Tensors(tag)[-1].tensor_proto)[2]).numpy()
+  crop, scene = png('images/train_crop'), png('images/val_scene')
+  c = cfg.data.crop
+  assert crop.shape == (c, 7 * c + 6 * 2, 3), crop.shape
+  h, w = cfg.data.synthetic.size  # the validation scenes' size
+  assert scene.shape == (h, 4 * w + 3 * 2, 3), scene.shape
+  assert np.all(scene[:, w:w + 2] == 255) and not np.all(scene[:, :w] == 255)
+  assert sorted(e.step for e in acc.Tensors('images/val_scene')) == sorted(e.step for e in acc.Tensors('images/train_crop'))
   log = lambda tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
   teacher_log = log('train/teacher')
   assert -1.0 in teacher_log.values() and 0.0 in teacher_log.values() and 1.0 in teacher_log.values()
