@@ -128,6 +128,8 @@ def get_config(arg=None):
   e.tile = 0  # Tile size for full-resolution inference (0 = whole image).
   e.overlap = 32  # Tile overlap (>= the receptive-field margin).
   e.ensemble = False  # 8-way flip/transpose self-ensemble.
+  e.images = True  # eval mode: per-scene SR (16-bit PNG), colour and error maps, and a comparison figure.
+  e.figure_scenes = 8  # eval mode: scenes in the comparison figure (the first N; each also gets a panel).
 
   # ---------------------------------------------------------------- checkpoints
   c.ckpt = k = ml_collections.ConfigDict()

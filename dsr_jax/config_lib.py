@@ -87,6 +87,7 @@ _RANGES = (
     ('data.edge_step', float, 0.0, None, True),
     ('eval.every_steps', int, 0, None, False),
     ('eval.tile', int, 0, None, False),
+    ('eval.figure_scenes', int, 0, None, False),
     ('eval.overlap', int, 0, None, False),
     ('ckpt.every_steps', int, 1, None, False),
     ('ckpt.keep', int, 1, None, False),

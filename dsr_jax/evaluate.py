@@ -377,7 +377,63 @@ def _data_config(config, dataset: str, scale: int):
   return cfg
 
 
-def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estimate: Callable | None = None):
+class SceneImages:
+  """Eval's pictures, under <workdir>/eval/<report stem>_images/: per scene the SR depth as a 16-bit PNG
+  (<scene>_sr.png, round(depth / norm * 65535); index.json gives each scene's norm and unit), a colourised
+  view (<scene>_color.png, viridis over the GT's range) and an error map (<scene>_error.png, |SR - GT| in
+  protocol units, inferno from 0 to the scene's 99th percentile, unscored pixels black); and figure.png:
+  LR | bicubic | ours | GT | error for the first `figure_scenes` scenes, one row each, and
+  <scene>_panel.png, that row alone."""
+
+  def __init__(self, directory: str, dataset: str, scale: int, proto, figure_scenes: int):
+    self.dir, self.dataset, self.scale, self.proto = directory, dataset, scale, proto
+    self.figure_scenes, self.rows, self.index = figure_scenes, [], {}
+    os.makedirs(directory, exist_ok=True)
+
+  def _path(self, name: str, what: str) -> str:
+    safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
+    return os.path.join(self.dir, f'{safe}_{what}.png')
+
+  def __call__(self, name, lr_norm, pred_norm, hr_norm, norm: float, scored) -> None:
+    from dsr_jax import pictures  # pylint: disable=g-import-not-at-top
+    pred, gt, mask, _ = scored
+    pictures.save_png16(self._path(name, 'sr'), pred_norm)
+    v = gt[mask] if mask.any() else gt.ravel()
+    lo, hi = float(v.min()), float(v.max())
+    pictures.save_rgb(self._path(name, 'color'), pictures.colourise(pred, 'viridis', lo, hi))
+    err = np.where(mask, np.abs(pred - gt), 0.0)
+    top = max(float(np.percentile(err[mask], 99)) if mask.any() else 1.0, 1e-6)
+    pictures.save_rgb(self._path(name, 'error'), pictures.colourise(err, 'inferno', 0.0, top, holes=~mask))
+    self.index[name] = {'norm': float(norm), 'unit': self.proto.unit, 'factor': self.proto.factor}
+    if len(self.rows) < self.figure_scenes:
+      h, w = hr_norm.shape
+      f = float(norm) * self.proto.factor
+      to_proto = lambda x: _crop(np.asarray(x, np.float64)[:h, :w] * f, self.proto.border)
+      s = self.scale
+      bic = to_proto(degradation.upsample_bicubic(np.asarray(lr_norm, np.float64), s))
+      lr_up = to_proto(np.kron(np.asarray(lr_norm, np.float64), np.ones((s, s))))
+      row = {'name': _title(name), 'lr_up': lr_up, 'bicubic': bic, 'ours': pred, 'gt': gt, 'mask': mask,
+             'mad_bicubic': float(np.abs(bic - gt)[mask].mean()) if mask.any() else float('nan'),
+             'mad_ours': float(np.abs(pred - gt)[mask].mean()) if mask.any() else float('nan')}
+      pictures.comparison_figure([row], self._path(name, 'panel'), f'{self.dataset} {_title(name)}, x{s}',
+                                 self.proto.unit)
+      self.rows.append(row)
+
+  def finish(self) -> dict:
+    from dsr_jax import pictures  # pylint: disable=g-import-not-at-top
+    files = {'dir': self.dir, 'index': os.path.join(self.dir, 'index.json')}
+    with open(files['index'], 'w') as f:
+      json.dump({'png16': 'depth (dataset units) = value / 65535 * norm; protocol units = that * factor',
+                 'scenes': self.index}, f, indent=2)
+    if self.rows:
+      files['figure'] = pictures.comparison_figure(
+          self.rows, os.path.join(self.dir, 'figure.png'), f'{self.dataset}, x{self.scale}', self.proto.unit)
+    self.rows = []
+    return files
+
+
+def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estimate: Callable | None = None,
+                     on_image: Callable | None = None):
   """Scores `predict` (normalised LR (h, w) -> normalised (s*h, s*w)) on split 'test' of `dataset`.
 
   Args:
@@ -386,6 +442,8 @@ def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estima
     scale: s.
     predict: the SR function.
     estimate: optional DENet function (normalised RGB (H, W, 3) -> normalised depth (H, W)).
+    on_image: optional callable(name, lr, pred, hr, norm, (pred, gt, mask, peak) in protocol units), e.g.
+      SceneImages.
 
   Returns:
     {'per_scene': {name: metrics}, 'mean': metrics, 'denet': {...} or absent, 'images': n, 'seconds': t}.
@@ -406,8 +464,11 @@ def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estima
     hr = b['hr_depth'][0, ..., 0]
     h, w = hr.shape
     pred = np.asarray(predict(b['lr_depth'][0, ..., 0]))[:h, :w]
-    metrics, (_, gt, mask, peak) = score_image(pred, hr, b['valid'][0, ..., 0], float(b['norm'][0]), proto)
+    metrics, scored = score_image(pred, hr, b['valid'][0, ..., 0], float(b['norm'][0]), proto)
+    _, gt, mask, peak = scored
     per_scene[name] = metrics
+    if on_image is not None:
+      on_image(name, b['lr_depth'][0, ..., 0], pred, hr, float(b['norm'][0]), scored)
     logging.info('%s %s x%d: %s', dataset, name, scale, metrics)
     if estimate is not None:
       de_pred = _crop(np.asarray(estimate(b['rgb'][0]), np.float64) * float(b['norm'][0]) * proto.factor,
@@ -548,7 +609,11 @@ def run(config, workdir: str) -> dict:
       denet, denet_params = models.denet, params['denet']
       estimate = lambda rgb: estimate_depth(denet, denet_params, rgb, tile=tile)
   files = report_files(workdir, dataset, scale, name, info.get('dir', ''))
-  result = evaluate_dataset(config, dataset, scale, predict, estimate)
+  images = None
+  if config.eval.get('images', True) and jax.process_index() == 0:
+    images = SceneImages(os.path.splitext(files['json'])[0] + '_images', dataset, scale, proto,
+                         int(config.eval.get('figure_scenes', 8)))
+  result = evaluate_dataset(config, dataset, scale, predict, estimate, on_image=images)
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
             'checkpoint': info.get('dir', ''), 'step': info.get('step'),
             'tile': int(tile), 'overlap': int(overlap), 'ensemble': ensemble,
@@ -561,6 +626,8 @@ def run(config, workdir: str) -> dict:
       json.dump(result, f, indent=2)
     with open(files['md'], 'w') as f:
       f.write(markdown(result))
+  if images is not None:
+    files['images'] = images.finish()
   result['files'] = files
   return result
 

@@ -275,22 +275,10 @@ def to_output(pred, holes_hr, nan_hr, dtype: np.dtype) -> np.ndarray:
   return out
 
 
-def colourise(depth, holes_hr, rows: int = 1024) -> np.ndarray:
-  """(H, W) -> (H, W, 3) uint8 through a 256-entry colormap table (bounded memory on huge outputs)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  lut = (matplotlib.colormaps[CMAP](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-  vals = depth[~holes_hr]
-  lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
-  del vals
-  span = max(hi - lo, 1e-12)
-  out = np.empty(depth.shape + (3,), np.uint8)
-  for r in range(0, depth.shape[0], rows):
-    d = np.where(holes_hr[r:r + rows], np.float32(lo), depth[r:r + rows].astype(np.float32))  # NaN-free
-    q = np.clip((d - lo) * np.float32(255 / span), 0, 255).astype(np.uint8)
-    block = lut[q]
-    block[holes_hr[r:r + rows]] = 0
-    out[r:r + rows] = block
-  return out
+def colourise(depth, holes_hr) -> np.ndarray:
+  """The preview: viridis over the valid output range, holes black."""
+  from dsr_jax import pictures  # pylint: disable=g-import-not-at-top
+  return pictures.colourise(depth, CMAP, holes=holes_hr)
 
 
 def _stage(path: pathlib.Path, write, staged: list) -> None:

@@ -13,7 +13,6 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
 from dsr_jax import config_lib
@@ -22,6 +21,7 @@ from dsr_jax import lifecycle
 from dsr_jax import models as models_lib
 from dsr_jax import optim
 from dsr_jax import paths
+from dsr_jax import pictures
 from dsr_jax import roles
 from dsr_jax import sharding
 from dsr_jax import state as state_lib
@@ -116,15 +116,6 @@ class Prefetcher:
     self._t.join(timeout=5)
 
 
-def colourise(x, cmap='viridis', lo=None, hi=None):
-  """(H, W) float -> (H, W, 3) uint8 with a matplotlib colormap."""
-  x = np.asarray(x, np.float32)
-  lo = float(np.nanmin(x)) if lo is None else lo
-  hi = float(np.nanmax(x)) if hi is None else hi
-  y = (x - lo) / max(hi - lo, 1e-8)
-  return (matplotlib.colormaps[cmap](np.clip(y, 0, 1))[..., :3] * 255).astype(np.uint8)
-
-
 def image_summaries(models, params, batch, scale: int):
   """LR, SR, GT, DE output, structure prediction and target, error map of the first example."""
   from dsr_jax import losses  # pylint: disable=g-import-not-at-top
@@ -142,33 +133,24 @@ def image_summaries(models, params, batch, scale: int):
   return out
 
 
-def _strip(panels, gap: int = 2) -> np.ndarray:
-  """(H, W, 3) uint8 panels of one height side by side, split by white columns."""
-  h = panels[0].shape[0]
-  sep = np.full((h, gap, 3), 255, np.uint8)
-  out = [panels[0]]
-  for pnl in panels[1:]:
-    out += [sep, pnl]
-  return np.concatenate(out, axis=1)
-
-
 def _write_images(writer, step, imgs):
   """One strip of the first training crop: LR (nearest, at HR size) | SR | DE | GT | error | structure."""
   imgs = jax.device_get(imgs)
   gt = imgs['gt'][0, ..., 0]
   lo, hi = float(gt.min()), float(gt.max())
   s = gt.shape[0] // imgs['lr'].shape[1]
-  depth = lambda v: colourise(v, 'viridis', lo, hi)
+  depth = lambda v: pictures.colourise(v, 'viridis', lo, hi)
   panels = [depth(np.kron(imgs['lr'][0, ..., 0], np.ones((s, s), np.float32))), depth(imgs['sr'][0, ..., 0])]
   if 'de' in imgs:
     panels.append(depth(imgs['de'][0, ..., 0]))
   err = imgs['error'][0, ..., 0]
-  panels += [depth(gt), colourise(err, 'inferno', 0.0, max(float(err.max()), 1e-3))]
+  panels += [depth(gt), pictures.colourise(err, 'inferno', 0.0, max(float(err.max()), 1e-3))]
   target = imgs['structure_target'][0, ..., 0]
-  panels.append(colourise(target, 'magma', 0.0, max(float(target.max()), 1e-6)))
+  panels.append(pictures.colourise(target, 'magma', 0.0, max(float(target.max()), 1e-6)))
   if 'structure_pred' in imgs:
-    panels.append(colourise(imgs['structure_pred'][0, ..., 0], 'magma', 0.0, max(float(target.max()), 1e-6)))
-  writer.write_images(step, {'images/train_crop': _strip(panels)[None]})
+    panels.append(pictures.colourise(imgs['structure_pred'][0, ..., 0], 'magma', 0.0,
+                                     max(float(target.max()), 1e-6)))
+  writer.write_images(step, {'images/train_crop': pictures.strip(panels)[None]})
 
 
 def first_val_scene(dataset):
@@ -192,9 +174,10 @@ def val_scene_strip(dsr, params, scene, scale: int) -> np.ndarray:
   bic = degradation.upsample_bicubic(np.asarray(lr, np.float64)[None], scale)[0, :h, :w, 0]
   gt, v = hr[..., 0], valid[..., 0] > 0
   lo, hi = (float(gt[v].min()), float(gt[v].max())) if v.any() else (float(gt.min()), float(gt.max()))
-  depth = lambda x: colourise(x, 'viridis', lo, hi)
+  depth = lambda x: pictures.colourise(x, 'viridis', lo, hi)
   err = np.abs(sr - gt) * v
-  return _strip([depth(bic), depth(sr), depth(gt), colourise(err, 'inferno', 0.0, max((hi - lo) / 10, 1e-6))])
+  return pictures.strip([depth(bic), depth(sr), depth(gt),
+                         pictures.colourise(err, 'inferno', 0.0, max((hi - lo) / 10, 1e-6))])
 
 
 def val_dataset(config):
