@@ -118,7 +118,6 @@ def get_config(arg=None):
   t.image_every = 500  # Image summaries.
   t.profile = False  # Capture a jax.profiler trace of a few steps into the workdir.
   t.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU).
-  t.debug_poison_step = -1  # TEST ONLY: inject NaN into the batch at this step (NaN-guard tests).
 
   # ---------------------------------------------------------------- evaluation
   c.eval = e = ml_collections.ConfigDict()

@@ -120,3 +120,36 @@ def check_numbers(config) -> None:
       if too_low or (hi is not None and v > hi):
         rng = (f'> {lo}' if open_lo else f'>= {lo}') + (f' and <= {hi}' if hi is not None else '')
         raise ConfigError(f'{name}={v!r}: expected a value {rng}')
+
+
+# Model fields added after checkpoints were first saved, with the value that rebuilds the network such a
+# checkpoint was trained as (not today's default where the two differ: side heads had no residual before
+# Revision 2). A saved config is upgraded once, on load (restore.read_config), so code reads every field
+# directly.
+_ADDED_MODEL_FIELDS = {
+    'residual': True,
+    'bp_impl': 'polyphase',
+    'dtype': 'float32',
+    'use_denet': True,
+    'use_spnet': True,
+    'side_residual': False,
+    'teacher_input': 'rgb',
+    'teacher_residual': True,
+}
+
+
+def upgrade(raw: dict) -> ml_collections.ConfigDict:
+  """A training config saved by any earlier version, with every field today's code reads.
+
+  Missing model fields get the value the old code implied (_ADDED_MODEL_FIELDS); any other missing field
+  gets today's default (configs/default.py). Fields the saved config has are kept as saved.
+  """
+  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
+  merged = default.get_config().to_dict()
+
+  def overlay(base: dict, top: dict) -> dict:
+    for k, v in top.items():
+      base[k] = overlay(dict(base[k]), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+  overlay(merged['model'], _ADDED_MODEL_FIELDS)
+  return ml_collections.ConfigDict(overlay(merged, raw))

@@ -568,12 +568,12 @@ def run(config, workdir: str) -> dict:
   """
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  dataset = str(config.eval.get('dataset', '') or config.data.name)
+  dataset = str(config.eval.dataset or config.data.name)
   if dataset not in PROTOCOLS:
-    field = 'eval.dataset' if config.eval.get('dataset', '') else 'data.name'
+    field = 'eval.dataset' if config.eval.dataset else 'data.name'
     raise ConfigError(f'{field}={dataset!r}: eval needs one dataset of {", ".join(sorted(PROTOCOLS))}')
   proto = PROTOCOLS[dataset]
-  name = config.model.get('name', 'dsrnet')
+  name = config.model.name
   if name not in MODELS:
     raise ConfigError(f'model.name={name!r}: expected one of {", ".join(MODELS)}')
   paths.check_dir_target(workdir, '--workdir')  # Now, not after the whole evaluation.
@@ -610,9 +610,9 @@ def run(config, workdir: str) -> dict:
       estimate = lambda rgb: estimate_depth(denet, denet_params, rgb, tile=tile)
   files = report_files(workdir, dataset, scale, name, info.get('dir', ''))
   images = None
-  if config.eval.get('images', True) and jax.process_index() == 0:
+  if config.eval.images and jax.process_index() == 0:
     images = SceneImages(os.path.splitext(files['json'])[0] + '_images', dataset, scale, proto,
-                         int(config.eval.get('figure_scenes', 8)))
+                         int(config.eval.figure_scenes))
   result = evaluate_dataset(config, dataset, scale, predict, estimate, on_image=images)
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
             'checkpoint': info.get('dir', ''), 'step': info.get('step'),

@@ -33,7 +33,7 @@ def run(config, workdir: str) -> int:
     # Before any work: a NaN learning rate or an unwritable workdir would otherwise show only at the end.
     config_lib.check_numbers(config)
     paths.check_dir_target(workdir, '--workdir', writable=True)
-    xla_options.set_cpu_convolutions(config.get('cpu_convolutions', 'eigen'))
+    xla_options.set_cpu_convolutions(config.cpu_convolutions)
     if config.train.distributed:
       jax.distributed.initialize()
     if config.mode == 'train':
@@ -47,7 +47,7 @@ def run(config, workdir: str) -> int:
       if jax.process_index() == 0:
         print(f"done: step {summary['step']}; validation MAD {summary['val_mad']:.4f} vs bicubic "
               f"{summary['bicubic_mad']:.4f} ({summary['val_images']} images, "
-              f"{config.data.get('val_name', '') or config.data.name})")
+              f"{config.data.val_name or config.data.name})")
         print(f'TensorBoard logs: {summary["workdir"]}  (tensorboard --logdir {summary["workdir"]})')
         print(f'checkpoints: {summary["checkpoints"]}  (best by validation MAD: {summary["best_checkpoint"]})')
       return 0
@@ -104,7 +104,7 @@ def quiet_logs() -> None:
     handler.addFilter(_quiet_filter)
 
 
-def _one_line(e: BaseException) -> str:
+def _flag_error_text(e: BaseException) -> str:
   text = str(e)
   if 'Traceback (most recent call last)' in text:
     # config_flags wraps an exception raised inside get_config() with its whole traceback: keep its last line.
@@ -143,7 +143,7 @@ def parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     where = f' (overrides: {", ".join(overrides)})' if overrides else ''
-    print(f'error: {type(e).__name__}: {_one_line(e)}{where}', file=sys.stderr)
+    print(f'error: {type(e).__name__}: {_flag_error_text(e)}{where}', file=sys.stderr)
     sys.exit(2)
 
 

@@ -211,7 +211,7 @@ def input_norm(config, kind: str, override: float) -> float:
   if kind == 'png8':
     return 255.0
   try:
-    names = [n for n, _ in readers.parse_mix(config.data.get('name', ''))]
+    names = [n for n, _ in readers.parse_mix(config.data.name)]
   except readers.DataError as e:
     raise UserError(f'checkpoint config data.name={config.data.get("name")!r}: unknown dataset, so its depth '
                     'norm is unknown; pass --norm') from e

@@ -150,7 +150,8 @@ def read_config(checkpoint_dir: str, step: int) -> ml_collections.ConfigDict:
   if not isinstance(raw, dict) or not isinstance(raw.get('model'), dict):
     raise UserError(f'checkpoint {step_dir}: the config item has no model section (expected the training '
                     'config saved as JSON)')
-  return ml_collections.ConfigDict(raw)
+  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.upgrade(raw)
 
 
 def _single_device_sharding():

@@ -14,9 +14,6 @@ from dsr_jax import losses
 from dsr_jax import roles
 from dsr_jax.state import TrainState
 
-# Python-side count of how often each phase's step was traced (a trace runs this module's Python code;
-# a cached compiled call does not). Tests use it to prove a role switch never recompiles.
-
 # Logged loss terms, in the order used by TrainState.bad_term.
 # New names are appended: a checkpoint's bad_term indexes this tuple.
 TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_dsr', 'side_de')

@@ -37,14 +37,14 @@ class NonFiniteLoss(UserError):
 
 
 def cross_task(config) -> bool:
-  return bool(config.model.get('use_denet', True))
+  return bool(config.model.use_denet)
 
 
 def validate(config) -> None:
   config_lib.check_numbers(config)  # also here: Colab and the study call train_and_evaluate directly
   roles.validate(config, cross_task(config))
   models_lib.build(config.model)
-  if config.data.get('lr_on_device', False) and config.data.noise_sigma > 0:
+  if config.data.lr_on_device and config.data.noise_sigma > 0:
     raise ConfigError('data.noise_sigma > 0 needs data.lr_on_device=False (the noise is added on the host)')
   if cross_task(config):
     _check_one_convention(config.data.name)
@@ -79,11 +79,10 @@ class Prefetcher:
   records the exact position regardless of how far ahead the thread has read.
   """
 
-  def __init__(self, iterator, mesh, size: int, poison_step: int = -1, start_step: int = 0):
+  def __init__(self, iterator, mesh, size: int):
     self._it, self._mesh = iterator, mesh
     self._q = queue.Queue(maxsize=max(size, 1))
     self._stop = threading.Event()
-    self._poison, self._step = poison_step, start_step
     self._t = threading.Thread(target=self._run, daemon=True)
     self._t.start()
 
@@ -92,9 +91,6 @@ class Prefetcher:
       while not self._stop.is_set():
         batch = next(self._it)
         st = self._it.get_state()
-        if self._step == self._poison:  # test-only NaN injection (train.debug_poison_step)
-          batch = dict(batch, hr_depth=np.full_like(batch['hr_depth'], np.nan))
-        self._step += 1
         item = (sharding.to_global(batch, self._mesh), st)
         while not self._stop.is_set():
           try:
@@ -184,7 +180,7 @@ def val_dataset(config):
   """Whole-image batches of data.val_split of data.val_name (or of data.name when that is empty)."""
   from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from dsr_jax.input_pipeline import sources  # pylint: disable=g-import-not-at-top
-  name = config.data.get('val_name', '')
+  name = config.data.val_name
   if not name:
     return pipeline.eval_dataset(config, config.data.val_split)
   data = config.data.copy_and_resolve_references()
@@ -322,7 +318,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
     start = int(jax.device_get(state.step))
 
     # One compiled step per phase; phases are static, so a role switch never recompiles.
-    lr_method = config.data.degrade if config.data.get('lr_on_device', False) else ''
+    lr_method = config.data.degrade if config.data.lr_on_device else ''
     phases = roles.make_phases(config)
     pick = role_rule or roles.role_rule(tcfg.roles)
     jitted, jitted_grads = {}, {}
@@ -355,7 +351,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
     if tcfg.profile and jax.process_index() == 0:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
 
-    prefetch = Prefetcher(train_iter, mesh, config.data.prefetch, tcfg.debug_poison_step, start)
+    prefetch = Prefetcher(train_iter, mesh, config.data.prefetch)
     def keep_best(step, mad, bic):
       # The best checkpoint (by validation MAD) is what eval and predict pick from a workdir.
       if mad < best['mad']:

@@ -91,3 +91,20 @@ def test_cross_task_needs_a_warm_up_stage():
   train.validate(c)
   c.train.roles, c.model.use_denet = 'rule', False  # w/o CT has no roles to pick.
   train.validate(c)
+
+
+def test_a_saved_config_of_an_earlier_version_is_upgraded_once_on_load():
+  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
+  old = default.get_config().to_dict()
+  for k in ('side_residual', 'teacher_input', 'teacher_residual', 'bp_impl'):
+    del old['model'][k]  # as saved before these fields existed
+  del old['eval']['images']
+  old['model']['scale'] = 8
+  old['train']['retired_field'] = 3  # a field this version no longer has is kept, and ignored
+  up = config_lib.upgrade(old)
+  # The network such a checkpoint was trained as: side heads without the bicubic residual (pre-Revision 2).
+  assert up.model.side_residual is False and up.model.teacher_input == 'rgb' and up.model.bp_impl == 'polyphase'
+  assert default.get_config().model.side_residual is True  # not today's default
+  assert up.model.scale == 8 and up.eval.images is True and up.train.retired_field == 3
+  models.build(up.model)

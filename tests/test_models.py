@@ -22,7 +22,8 @@ SCALES = (2, 4, 8, 16)
 
 def tiny_cfg(**kw):
   base = dict(scale=4, channels=4, feat=8, stages=2, de_blocks=1, residual=True, bp_impl='polyphase',
-              dtype='float32', use_denet=True, use_spnet=True)
+              dtype='float32', use_denet=True, use_spnet=True, side_residual=False, teacher_input='rgb',
+              teacher_residual=True)
   base.update(kw)
   return ml_collections.ConfigDict(base)
 

@@ -16,6 +16,7 @@ import chex
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import POISON_SITECUSTOMIZE
 
 pytestmark = pytest.mark.slow
 
@@ -231,7 +232,11 @@ def test_every_checkpoint_unreadable_is_one_line_error(reference, env, tmp_path)
 
 def test_nan_stop_keeps_last_good_checkpoint_and_restart_finishes(reference, env, tmp_path):
   wd = tmp_path / 'work'
-  rc, out, err = _run(_cmd(wd, '--config.train.debug_poison_step=7'), env, tmp_path / 'poisoned.log')
+  inject = tmp_path / 'inject'
+  inject.mkdir()
+  (inject / 'sitecustomize.py').write_text(POISON_SITECUSTOMIZE)
+  poisoned = dict(env, PYTHONPATH=os.pathsep.join([str(inject), env['PYTHONPATH']]), DSR_TEST_POISON_STEP='7')
+  rc, out, err = _run(_cmd(wd), poisoned, tmp_path / 'poisoned.log')
   assert rc == 2, (rc, err[-3000:])
   lines = _user_lines(err)
   assert len(lines) == 1 and lines[0].startswith('error:'), lines

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import count_calls
+from conftest import poisoned_batch
 from dsr_jax.configs import test as test_config
 from dsr_jax import models as models_lib
 from dsr_jax import optim
@@ -257,8 +258,8 @@ def test_resume_is_exact(smoke_run, tmp_path):
 
 def test_nan_guard_names_step_and_term(tmp_path):
   cfg = test_config.get_config()
-  cfg.train.num_steps, cfg.ckpt.every_steps, cfg.train.debug_poison_step = 6, 2, 3
-  with pytest.raises(train.NonFiniteLoss, match=r"step 3 in term 'total'"):
+  cfg.train.num_steps, cfg.ckpt.every_steps = 6, 2
+  with poisoned_batch(3), pytest.raises(train.NonFiniteLoss, match=r"step 3 in term 'total'"):
     train.train_and_evaluate(cfg, str(tmp_path))
   # The last good checkpoint (step 2) exists; nothing at or after the poisoned step was saved.
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['2']

@@ -23,28 +23,27 @@ class Models:
 
 
 def compute_dtype(model_cfg):
-  if model_cfg.get('dtype', 'float32') not in DTYPES:
+  if model_cfg.dtype not in DTYPES:
     raise ConfigError(f'model.dtype={model_cfg.dtype!r}: expected one of {", ".join(DTYPES)}')
-  return DTYPES[model_cfg.get('dtype', 'float32')]
+  return DTYPES[model_cfg.dtype]
 
 
 def build(model_cfg) -> Models:
   """Builds the networks; raises ConfigError naming the bad field."""
   dt = compute_dtype(model_cfg)
   validate(scale=model_cfg.scale, channels=model_cfg.channels, feat=model_cfg.feat,
-           stages=model_cfg.stages, de_blocks=model_cfg.de_blocks, impl=model_cfg.get('bp_impl', 'polyphase'))
-  if model_cfg.get('teacher_input', 'rgb') not in TEACHER_INPUTS:
+           stages=model_cfg.stages, de_blocks=model_cfg.de_blocks, impl=model_cfg.bp_impl)
+  if model_cfg.teacher_input not in TEACHER_INPUTS:
     raise ConfigError(f'model.teacher_input={model_cfg.teacher_input!r}: expected one of '
                       f'{", ".join(map(repr, TEACHER_INPUTS))}')
   dsr = DSRNet(scale=model_cfg.scale, channels=model_cfg.channels, feat=model_cfg.feat,
-               stages=model_cfg.stages, residual=model_cfg.get('residual', True),
-               side_residual=model_cfg.get('side_residual', False),  # configs saved before Revision 2 had none
-               impl=model_cfg.get('bp_impl', 'polyphase'), dtype=dt)
-  use_de = model_cfg.get('use_denet', True)
-  rgbd = model_cfg.get('teacher_input', 'rgb') == 'rgbd'
+               stages=model_cfg.stages, residual=model_cfg.residual, side_residual=model_cfg.side_residual,
+               impl=model_cfg.bp_impl, dtype=dt)
+  use_de = model_cfg.use_denet
+  rgbd = model_cfg.teacher_input == 'rgbd'
   denet = DENet(channels=model_cfg.channels, feat=model_cfg.feat, stages=model_cfg.stages,
                 blocks=model_cfg.de_blocks, dtype=dt, depth_input=rgbd,
-                residual=rgbd and model_cfg.get('teacher_residual', True),
+                residual=rgbd and model_cfg.teacher_residual,
                 scale=model_cfg.scale) if use_de else None
-  spnet = SPNet(channels=model_cfg.channels, dtype=dt) if use_de and model_cfg.get('use_spnet', True) else None
+  spnet = SPNet(channels=model_cfg.channels, dtype=dt) if use_de and model_cfg.use_spnet else None
   return Models(dsr, denet, spnet)

@@ -172,8 +172,8 @@ def hr_to_groups(x, s: int):
           for ry, _, rx, _ in _group_index(s)]
 
 
-# XLA:CPU runs a k x k conv with one (or a few) output channels far below its conv throughput: measured
-# 256 -> 1 channels at 4x128x128, forward+backward 290 ms as a conv vs 83 ms in the tap form below.
+# XLA:CPU runs a k x k conv with one (or a few) output channels far below its conv throughput, so such heads
+# use the tap form below (BENCHMARKS.md, "Optimisation log", item 3).
 _TAP_FORM_MAX_OUT = 4
 
 
