@@ -95,13 +95,12 @@ PAPER_TABLE1_MAD = {
 
 
 def receptive_margin(dsr) -> int:
-  """LR pixels on each side of an output pixel's LR position that can change it (see module docstring)."""
-  return 6 * int(dsr.stages)
+  """The network's own receptive margin (each model exports it; see the module docstring for DSRNet's)."""
+  return int(dsr.receptive_margin())
 
 
 def denet_margin(denet) -> int:
-  """Pixels of context DENet needs: shallow 2 + two 3x3 convs per residual block + the output conv."""
-  return 3 + 2 * int(denet.stages) * int(denet.blocks)
+  return int(denet.receptive_margin())
 
 
 _JITTED = {}

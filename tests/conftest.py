@@ -87,23 +87,8 @@ def count_calls(owner, attr: str, key):
 
 # NaN injection for the NaN-guard tests, from the test side: the training loop hands every batch to
 # sharding.to_global in step order (its prefetch thread), so the k-th call (from 0) is step k's batch.
-POISON_SITECUSTOMIZE = """
-import os
-import numpy as np
-from dsr_jax import sharding
-_real, _step, _calls = sharding.to_global, int(os.environ['DSR_TEST_POISON_STEP']), [0]
-def to_global(batch, mesh):
-  if _calls[0] == _step:
-    batch = dict(batch, hr_depth=np.full_like(batch['hr_depth'], np.nan))
-  _calls[0] += 1
-  return _real(batch, mesh)
-sharding.to_global = to_global
-"""
-
-
-@contextlib.contextmanager
-def poisoned_batch(step: int):
-  """In this process: the batch of training step `step` (counted from the run's first step) is all NaN."""
+def install_poison(step: int):
+  """Makes the batch of training step `step` (counted from the run's first step) all NaN; returns the undo."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dsr_jax import sharding  # pylint: disable=g-import-not-at-top
   real, calls = sharding.to_global, [0]
@@ -114,7 +99,22 @@ def poisoned_batch(step: int):
     calls[0] += 1
     return real(batch, mesh)
   sharding.to_global = to_global
+  return lambda: setattr(sharding, 'to_global', real)
+
+
+# The same in a training subprocess: a sitecustomize.py on its PYTHONPATH, step from DSR_TEST_POISON_STEP.
+POISON_SITECUSTOMIZE = f"""
+import os, sys
+sys.path.insert(0, {str(pathlib.Path(__file__).resolve().parent)!r})
+from conftest import install_poison
+install_poison(int(os.environ['DSR_TEST_POISON_STEP']))
+"""
+
+
+@contextlib.contextmanager
+def poisoned_batch(step: int):
+  undo = install_poison(step)
   try:
     yield
   finally:
-    sharding.to_global = real
+    undo()

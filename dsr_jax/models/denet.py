@@ -38,6 +38,10 @@ class DENet(nn.Module):
     dsrnet.validate(channels=self.channels, feat=self.feat, stages=self.stages, de_blocks=self.blocks)
     super().__post_init__()
 
+  def receptive_margin(self) -> int:
+    """Pixels of context it needs: the shallow block (2), two 3x3 convs per residual block, the output conv."""
+    return 3 + 2 * int(self.stages) * int(self.blocks)
+
   @nn.compact
   def __call__(self, rgb, lr=None, train: bool = False):
     base = None

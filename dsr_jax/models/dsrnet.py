@@ -33,6 +33,11 @@ class DSRNet(nn.Module):
     validate(scale=self.scale, channels=self.channels, feat=self.feat, stages=self.stages, impl=self.impl)
     super().__post_init__()
 
+  def receptive_margin(self) -> int:
+    """LR pixels on each side of an output pixel's LR position that can change it: a bound the tiled
+    inference (evaluate.run_windows) must give as context; derived in dsr_jax/evaluate.py's docstring."""
+    return 6 * int(self.stages)
+
   @nn.compact
   def __call__(self, lr, train: bool = False):
     s, c = self.scale, self.channels
