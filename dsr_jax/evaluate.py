@@ -385,9 +385,16 @@ class SceneImages:
   <scene>_panel.png, that row alone."""
 
   def __init__(self, directory: str, dataset: str, scale: int, proto, figure_scenes: int):
-    self.dir, self.dataset, self.scale, self.proto = directory, dataset, scale, proto
+    import tempfile  # pylint: disable=g-import-not-at-top
+    self.final, self.dataset, self.scale, self.proto = directory, dataset, scale, proto
     self.figure_scenes, self.rows, self.index = figure_scenes, [], {}
-    os.makedirs(directory, exist_ok=True)
+    # Written outside the workdir until the evaluation has finished: a run that fails part-way (a corrupt
+    # file) leaves nothing behind, and an earlier run's pictures stay until they are replaced whole.
+    self.dir = tempfile.mkdtemp(prefix='dsr_jax_eval_images_')
+
+  def discard(self) -> None:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(self.dir, ignore_errors=True)
 
   def _path(self, name: str, what: str) -> str:
     safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
@@ -419,15 +426,22 @@ class SceneImages:
       self.rows.append(row)
 
   def finish(self) -> dict:
+    """Writes the index and the figure, then puts the directory in place (replacing an earlier one)."""
+    import shutil  # pylint: disable=g-import-not-at-top
     from dsr_jax import pictures  # pylint: disable=g-import-not-at-top
-    files = {'dir': self.dir, 'index': os.path.join(self.dir, 'index.json')}
-    with open(files['index'], 'w') as f:
+    with open(os.path.join(self.dir, 'index.json'), 'w') as f:
       json.dump({'png16': 'depth (dataset units) = value / 65535 * norm; protocol units = that * factor',
                  'scenes': self.index}, f, indent=2)
     if self.rows:
-      files['figure'] = pictures.comparison_figure(
-          self.rows, os.path.join(self.dir, 'figure.png'), f'{self.dataset}, x{self.scale}', self.proto.unit)
+      pictures.comparison_figure(self.rows, os.path.join(self.dir, 'figure.png'), f'{self.dataset}, x{self.scale}',
+                                 self.proto.unit)
     self.rows = []
+    if os.path.isdir(self.final):
+      shutil.rmtree(self.final)
+    shutil.move(self.dir, self.final)
+    files = {'dir': self.final, 'index': os.path.join(self.final, 'index.json')}
+    if os.path.exists(os.path.join(self.final, 'figure.png')):
+      files['figure'] = os.path.join(self.final, 'figure.png')
     return files
 
 
@@ -612,7 +626,12 @@ def run(config, workdir: str) -> dict:
   if config.eval.images and jax.process_index() == 0:
     images = SceneImages(os.path.splitext(files['json'])[0] + '_images', dataset, scale, proto,
                          int(config.eval.figure_scenes))
-  result = evaluate_dataset(config, dataset, scale, predict, estimate, on_image=images)
+  try:
+    result = evaluate_dataset(config, dataset, scale, predict, estimate, on_image=images)
+  except BaseException:
+    if images is not None:
+      images.discard()
+    raise
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
             'checkpoint': info.get('dir', ''), 'step': info.get('step'),
             'tile': int(tile), 'overlap': int(overlap), 'ensemble': ensemble,

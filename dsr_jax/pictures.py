@@ -67,14 +67,14 @@ def comparison_figure(rows, path: str, title: str, unit: str = '', err_max=None,
     unit: the maps' unit, for the error colour bar.
     err_max: top of the error colour scale (default: the 99th percentile over all rows).
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg', force=False)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A bare Figure, not pyplot: no backend is chosen or changed (a notebook keeps its inline one).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   errs = [np.abs(r['ours'] - r['gt'])[r['mask']] for r in rows]
   if err_max is None:
     err_max = max(float(np.percentile(np.concatenate(errs), 99)) if sum(e.size for e in errs) else 1.0, 1e-6)
   aspect = rows[0]['gt'].shape[0] / rows[0]['gt'].shape[1]
-  fig, axes = plt.subplots(len(rows), 5, figsize=(width, width / 5 * aspect * len(rows) + 0.8), squeeze=False)
+  fig = Figure(figsize=(width, width / 5 * aspect * len(rows) + 0.8))
+  axes = fig.subplots(len(rows), 5, squeeze=False)
   for ax_row, r in zip(axes, rows):
     gt = r['gt'][r['mask']] if r['mask'].any() else r['gt'].ravel()
     lo, hi = float(gt.min()), float(gt.max())
@@ -93,5 +93,4 @@ def comparison_figure(rows, path: str, title: str, unit: str = '', err_max=None,
   fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=dpi)
-  plt.close(fig)
   return path
