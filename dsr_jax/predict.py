@@ -268,7 +268,8 @@ def to_output(pred, holes_hr, nan_hr, dtype: np.dtype) -> np.ndarray:
     out = np.clip(np.round(pred), max(info.min, 1), info.max).astype(dtype)
     out[holes_hr] = 0
     return out
-  out = np.maximum(pred, 0).astype(dtype)
+  # As above: a valid pixel stays positive (at least the smallest normal float), so 0 marks holes only.
+  out = np.maximum(pred, np.finfo(dtype).tiny).astype(dtype)
   out[holes_hr] = 0
   if nan_hr is not None:
     out[nan_hr] = np.nan
@@ -346,11 +347,12 @@ def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: p
 
 
 class TileProgress:
-  """'[2/5] scene.png: tile 14/40' on stderr: rewritten in place on a terminal; elsewhere (a notebook, a log
-  file) at most one line per tenth of the tiles. Silent for an image done in one window."""
+  """'[2/5] scene.png: tile 14/40' on stdout, beside the per-file lines (stderr holds errors only): rewritten
+  in place on a terminal; elsewhere (a notebook, a log file) at most one line per tenth of the tiles. Silent
+  for an image done in one window."""
 
   def __init__(self, label: str, stream=None):
-    self.label, self.stream = label, stream or sys.stderr
+    self.label, self.stream = label, stream or sys.stdout
     self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
     self.shown = 0
 

@@ -100,13 +100,13 @@ def test_tiled_and_ensemble_cli(ckpt, tmp_path, capsys):
     assert predict.main(['--checkpoint', str(ckpt), '--input', str(src), '--output',
                          str(tmp_path / name)] + extra) == 0
     runs[name] = np.load(tmp_path / name / 'c_x2.npy', allow_pickle=False)
-    err[name] = capsys.readouterr().err
-  # Tile progress (stderr is not a terminal here: at most one line per tenth, ending at n/n).
+    err[name] = capsys.readouterr().out
+  # Tile progress (stdout is not a terminal here: at most one line per tenth, ending at n/n).
   assert ': tile ' not in err['whole']
   tiles = [ln for ln in err['tiled'].splitlines() if ': tile ' in ln]
   assert tiles and tiles[-1].startswith('[1/1] ') and tiles[-1].endswith('tile 35/35'), err['tiled']
   assert len(tiles) <= 11
-  assert err['ens'].splitlines()[-1].endswith('tile 96/96'), err['ens']  # 3 x 4 windows, 8 ensemble passes
+  assert [ln for ln in err['ens'].splitlines() if ': tile ' in ln][-1].endswith('tile 96/96'), err['ens']  # 3 x 4 windows, 8 ensemble passes
   np.testing.assert_allclose(runs['tiled'], runs['whole'], atol=1e-4)
   ens, whole = runs['ens'], runs['whole']
   assert ens.shape == whole.shape and ens.dtype == np.float32
