@@ -35,6 +35,11 @@ def _installed(dist: str):
     return None
 
 
+def _applies(req) -> bool:
+  """Whether a requirement holds for a plain install (no extras) on this interpreter."""
+  return not req.marker or req.marker.evaluate({'extra': ''})
+
+
 def missing_requirements(package: str = 'dsr_jax') -> list[str]:
   """`package`'s requirements that the runtime does not satisfy, less those the runtime must keep."""
   from importlib import metadata  # pylint: disable=g-import-not-at-top
@@ -43,7 +48,7 @@ def missing_requirements(package: str = 'dsr_jax') -> list[str]:
   missing = []
   for req in map(Requirement, metadata.requires(package) or []):
     name = _canon(req.name)
-    if (req.marker and not req.marker.evaluate({'extra': ''})) or name in _KEEP:
+    if not _applies(req) or name in _KEEP:
       continue
     if name == 'tensorflow-cpu' and has_tf:
       continue
@@ -86,14 +91,14 @@ def runtime_problems() -> list[str]:
       continue
     for req in map(Requirement, metadata.requires(dist) or []):
       name = _canon(req.name)
-      if name in found and not (req.marker and not req.marker.evaluate({'extra': ''})) and \
-          not req.specifier.contains(found[name], prereleases=True):
+      if name in found and _applies(req) and not req.specifier.contains(found[name], prereleases=True):
         problems.append(f'{dist} {version} needs {name}{req.specifier} but the runtime has {name} '
                         f'{found[name]}: pin an older {dist} that accepts it (pip install "{dist}<{version}") '
                         'or upgrade jax, then restart the runtime')
-  platform = jax.devices()[0].platform
-  if platform == 'cpu' and (_has_gpu() or _has_tpu()):
-    kind = 'a GPU' if _has_gpu() else 'a TPU'
+  kind = None
+  if jax.devices()[0].platform == 'cpu':  # each probe once (nvidia-smi is a subprocess)
+    kind = 'a GPU' if _has_gpu() else 'a TPU' if _has_tpu() else None
+  if kind:
     problems.append(f'the runtime has {kind} but jax {jax.__version__} sees only the CPU (a CPU build of jax '
                     'replaced the runtime\'s): reinstall the accelerator build of jax, or factory-reset the '
                     'runtime, and do not pip-install jax over it')
@@ -234,16 +239,15 @@ def super_resolve_file(path: str, checkpoint: str = 'dsrnet_x4', out_dir: str = 
     raise SystemExit(f'predict could not super-resolve {path} (its error is printed above)')
   root, step = restore.resolve_checkpoint(checkpoint)
   s = int(restore.read_config(root, step).model.scale)
-  src = pathlib.Path(path)
-  x = predict.read_depth(src)[0].astype(np.float32)
+  (inp,) = predict.check_inputs([pathlib.Path(path)])
+  x = predict.read_depth(inp.path)[0].astype(np.float32)
   x = x[..., 0] if x.ndim == 3 else x
-  ext = 'npy' if src.suffix.lower() == '.npy' else 'png'
-  out = pathlib.Path(out_dir) / f'{src.stem}_x{s}.{ext}'
+  out, colour = predict.output_paths(inp, pathlib.Path(out_dir), s)
   ours = predict.read_depth(out)[0].astype(np.float32)
   ours = ours[..., 0] if ours.ndim == 3 else ours
   bic = degradation.upsample_bicubic(x.astype(np.float64), s).astype(np.float32)
   return {'scale': s, 'input': x, 'bicubic': bic, 'ours': ours,
-          'files': [str(out), str(out.with_name(f'{src.stem}_x{s}_color.png'))]}
+          'files': [str(out), str(colour)]}
 
 
 def plot_sr(result: dict, title: str = ''):
