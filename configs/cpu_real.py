@@ -13,6 +13,7 @@ Needs the data directory of ../shared/data: --config.data.dir=DIR or $DSR_DATA_D
 from dsr_jax.configs import default
 
 _VARIANTS = ('ct', 'wo_ct', 'fixed')
+ARGS = tuple(f'x{s},{v}' for s in (2, 4, 8, 16) for v in _VARIANTS)  # every variant (tests load each)
 
 
 def get_config(arg=None):

@@ -42,7 +42,7 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- model
   c.model = m = ml_collections.ConfigDict()
-  m.name = 'dsrnet'  # 'dsrnet' (trained) or 'bicubic' (baseline; eval only, no checkpoint).
+  m.name = 'dsrnet'  # The SR network, by its name in dsr_jax.models.REGISTRY.
   m.scale = 4  # Upsampling factor s in {2, 4, 8, 16}.
   m.channels = 16  # C: back-projection channels (paper 64).
   m.feat = 32  # F: shallow-feature width (paper 256).
@@ -124,6 +124,7 @@ def get_config(arg=None):
   e.every_steps = 500  # Periodic validation during training (0 = only at the end).
   e.checkpoint_dir = ''  # eval mode: a training workdir, an Orbax checkpoint dir or one step's dir.
   e.dataset = ''  # eval mode: dataset to evaluate ('' = data.name); split 'test'.
+  e.baseline = ''  # eval mode: '' = the checkpoint's network; 'bicubic' = the baseline (no checkpoint).
   e.tile = 0  # Tile size for full-resolution inference (0 = whole image).
   e.overlap = 32  # Tile overlap (>= the receptive-field margin).
   e.ensemble = False  # 8-way flip/transpose self-ensemble.

@@ -38,10 +38,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def model_config(a) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      scale=a.scale, stages=a.stages, channels=a.channels, feat=a.feat, de_blocks=a.de_blocks,
-      residual=True, bp_impl=a.bp_impl, dtype=a.dtype, use_denet=True, use_spnet=True,
-      side_residual=True, teacher_input=a.teacher_input, teacher_residual=True))
+  """The default config's model section with the benchmark's sizes (one place for every other default)."""
+  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
+  m = default.get_config().model
+  m.update(dict(scale=a.scale, stages=a.stages, channels=a.channels, feat=a.feat, de_blocks=a.de_blocks,
+                bp_impl=a.bp_impl, dtype=a.dtype, teacher_input=a.teacher_input))
+  return m
 
 
 def count(tree) -> int:

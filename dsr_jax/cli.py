@@ -1,7 +1,7 @@
 """`dsr-jax <command> ...`: one console script for every entry point (installed by pip; see pyproject.toml).
 
   dsr-jax train   --config default --workdir W [--config.a.b=v ...]   (python -m dsr_jax.main)
-  dsr-jax eval    --config eval_middlebury2005 --workdir W --config.eval.checkpoint_dir=C
+  dsr-jax eval    --config eval:middlebury2005 --workdir W --config.eval.checkpoint_dir=C
   dsr-jax predict --checkpoint C --input x.png --output out/          (python -m dsr_jax.predict)
   dsr-jax export | bench | study ...                                  (python -m dsr_jax.<command>)
 

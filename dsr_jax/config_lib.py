@@ -122,6 +122,84 @@ def check_numbers(config) -> None:
         raise ConfigError(f'{name}={v!r}: expected a value {rng}')
 
 
+MODES = ('train', 'eval')
+
+
+def validate(config, mode: str | None = None) -> None:
+  """Every check of a config's fields, before a run reads data or writes anything (main, train_and_evaluate
+  and evaluate.run call it; Colab and the study call the latter two directly). ConfigError names the field.
+
+  `mode` (default config.mode) picks the mode's checks. Checks that need the data, a checkpoint or the
+  devices (an image smaller than the crop, a checkpoint's scale, the batch over the device count) stay where
+  those are read: this one never starts a jax backend, so main can still set XLA flags after it.
+  """
+  check_numbers(config)
+  mode = config.mode if mode is None else mode
+  if mode not in MODES:
+    raise ConfigError(f"mode={mode!r}: expected 'train' or 'eval'")
+  (_validate_train if mode == 'train' else _validate_eval)(config)
+
+
+def _validate_train(config) -> None:
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import resize  # pylint: disable=g-import-not-at-top
+  from dsr_jax import roles  # pylint: disable=g-import-not-at-top
+  cross_task = bool(config.model.use_denet)
+  roles.validate(config, cross_task)
+  models_lib.build(config.model)
+  scale, crop = config.model.scale, config.data.crop
+  if crop % scale:
+    raise ConfigError(f'data.crop: expected a positive multiple of model.scale={scale}, got {crop!r}')
+  if config.data.degrade not in resize.METHODS:
+    raise ConfigError(f'data.degrade: expected one of {resize.METHODS}, got {config.data.degrade!r}')
+  if config.data.lr_on_device and config.data.noise_sigma > 0:
+    raise ConfigError('data.noise_sigma > 0 needs data.lr_on_device=False (the noise is added on the host)')
+  if cross_task:
+    _check_one_convention(config.data.name)
+
+
+def _check_one_convention(name: str) -> None:
+  # Revision 2, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
+  # one training mix would ask it for two contradictory mappings.
+  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
+  try:
+    mix = readers.parse_mix(name)
+  except Exception:  # pylint: disable=broad-except
+    return  # the data pipeline reports a malformed name with its own message
+  found = {}
+  for n, _ in mix:
+    if n in readers.DATASETS:
+      found.setdefault(readers.DATASETS[n].convention, []).append(n)
+  if len(found) > 1:
+    kinds = '; '.join(f'{k}: {", ".join(v)}' for k, v in sorted(found.items()))
+    raise ConfigError(f'data.name={name!r}: cross-task training would teach DENet two depth conventions '
+                      f'({kinds}); expected datasets of one convention (or model.use_denet=False)')
+
+
+def _validate_eval(config) -> None:
+  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  dataset = str(config.eval.dataset or config.data.name)
+  if dataset not in evaluate.PROTOCOLS:
+    field = 'eval.dataset' if config.eval.dataset else 'data.name'
+    raise ConfigError(f'{field}={dataset!r}: eval needs one dataset of {", ".join(sorted(evaluate.PROTOCOLS))}')
+  baseline = config.eval.baseline
+  if baseline not in evaluate.BASELINES:
+    raise ConfigError(f'eval.baseline={baseline!r}: expected one of '
+                      f'{", ".join(map(repr, evaluate.BASELINES))}')
+  models_lib.check_name(config.model.name)  # eval builds the checkpoint's network; a typo here still says so
+  want = config.model.scale
+  if isinstance(want, bool) or not isinstance(want, int) or (want and want not in evaluate.PAPER_SCALES):
+    raise ConfigError(f'model.scale={want!r}: expected 0 (the checkpoint\'s) or one of 2, 4, 8, 16')
+  if baseline == 'bicubic' and not want:
+    raise ConfigError('model.scale=0: the bicubic baseline has no checkpoint to take the scale from; '
+                      'set --config.model.scale to 2, 4, 8 or 16')
+  if baseline != 'bicubic' and not config.eval.checkpoint_dir:
+    raise ConfigError('eval.checkpoint_dir is empty: expected a training workdir, its checkpoints/ '
+                      'directory or one step directory (or --config.eval.baseline=bicubic)')
+  evaluate.check_tiling(config.eval.tile, config.eval.overlap)
+
+
 # Model fields added after checkpoints were first saved, with the value that rebuilds the network such a
 # checkpoint was trained as (not today's default where the two differ: side heads had no residual before
 # Revision 2). A saved config is upgraded once, on load (restore.read_config), so code reads every field

@@ -1,9 +1,14 @@
-"""Full-resolution inference (`super_resolve`) and the evaluation protocols (eval mode of dsr_jax.main).
+"""Full-resolution inference (`super_resolve`), the metrics registry, the protocols and the one evaluation
+loop (`Evaluator`: training-time validation and eval mode of dsr_jax.main both run it).
+
+Adding a metric: one `@metric(name, label)` function below (pred, gt, mask, peak in protocol units -> float);
+the JSON, the Markdown tables, the console line and TensorBoard's eval/<name> render whatever keys a result
+holds. Adding a protocol: one PROTOCOLS entry.
 
 Eval mode:
-  python -m dsr_jax.main --config configs/eval_middlebury2005.py --workdir W --config.eval.checkpoint_dir=C
-  python -m dsr_jax.main --config configs/eval_middlebury2005.py --workdir W \
-      --config.model.name=bicubic --config.model.scale=4       # the bicubic baseline, no checkpoint
+  python -m dsr_jax.main --config configs/eval.py:middlebury2005 --workdir W --config.eval.checkpoint_dir=C
+  python -m dsr_jax.main --config configs/eval.py:middlebury2005 --workdir W \
+      --config.eval.baseline=bicubic --config.model.scale=4    # the bicubic baseline, no checkpoint
 It evaluates split 'test' of eval.dataset (or data.name) and writes W/eval/<dataset>_x<s>.json (per-scene
 MAD, RMSE, PSNR, SSIM in protocol units, and their means) and W/eval/<dataset>_x<s>.md (Markdown tables;
 for middlebury2005 beside the paper's Table 1 rows); the bicubic baseline's are <dataset>_x<s>_bicubic.*.
@@ -66,15 +71,16 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
+from dsr_jax import config_lib
 from dsr_jax import paths
+from dsr_jax import resize
 from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
-from dsr_jax.input_pipeline import degradation
 
 BUCKET = 32
-MODELS = ('dsrnet', 'bicubic')
-PAPER_SCALES = degradation.SCALES
+BASELINES = ('', 'bicubic')  # eval.baseline: '' = the checkpoint's network
+PAPER_SCALES = resize.SCALES
 SCENES_2005 = ('art', 'books', 'dolls', 'laundry', 'moebius', 'reindeer')
 # Sun et al. CVPR 2021, Table 1 (Middlebury 2005, MAD on 0-255): per scene, x2 / x4 / x8 / x16.
 PAPER_TABLE1_MAD = {
@@ -126,7 +132,7 @@ def _tile_starts(n: int, t: int) -> list[int]:
   return starts
 
 
-def _check_tiling(tile, overlap):
+def check_tiling(tile, overlap):
   if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0:
     raise ConfigError(f'tile={tile!r}: expected an integer >= 0 (LR pixels per tile; 0 = whole image)')
   if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
@@ -222,7 +228,7 @@ def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble
   Returns:
     float32 (s*h, s*w).
   """
-  _check_tiling(tile, overlap)
+  check_tiling(tile, overlap)
   x = np.asarray(lr, np.float32)
   if x.ndim == 3 and x.shape[-1] == 1:
     x = x[..., 0]
@@ -247,7 +253,7 @@ def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble
 
 def estimate_depth(denet, params, rgb, *, tile: int = 0):
   """DENet on one (H, W, 3) RGB in [0, 1]: normalised depth (H, W), tiled like `super_resolve`."""
-  _check_tiling(tile, 0)
+  check_tiling(tile, 0)
   x = np.asarray(rgb, np.float32)
   return run_windows(_apply_fn(denet), params, x, scale=1, margin=denet_margin(denet), tile=int(tile))
 
@@ -307,33 +313,110 @@ def ssim(a, b, mask=None, *, sigma: float = 1.5, k1: float = 0.01, k2: float = 0
   return float(smap.mean() if mask is None else smap[mask].mean())
 
 
-def sr_metrics(pred, gt, mask, peak: float) -> dict:
-  """MAD, RMSE, PSNR (peak), SSIM of maps already in protocol units, over `mask`."""
-  d = (pred - gt)[mask].astype(np.float64)
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """One registered metric: fn(pred, gt, mask, peak) -> float or None, on maps in protocol units.
+
+  label: the report's column header ('{unit}' becomes the protocol's unit); short: the console's name.
+  """
+  fn: Callable
+  label: str
+  digits: int
+  short: str
+
+
+# Every report (JSON, Markdown, the console line, TensorBoard during training) renders whichever of these
+# keys a result holds, in this order: adding a metric is one registered function.
+METRICS: dict[str, Metric] = {}  # depth super-resolution, scored against the HR GT
+DEPTH_METRICS: dict[str, Metric] = {}  # DENet's monocular depth (pred clipped below at `peak`)
+
+
+def metric(name: str, label: str, digits: int = 4, short: str = '', table: dict = METRICS):
+  def add(fn):
+    table[name] = Metric(fn, label, digits, short or name)
+    return fn
+  return add
+
+
+def _diff(pred, gt, mask):
+  return (pred - gt)[mask].astype(np.float64)
+
+
+@metric('mad', 'MAD ({unit})', short='MAD')
+def mad(pred, gt, mask, peak):
+  del peak
+  return float(np.mean(np.abs(_diff(pred, gt, mask))))
+
+
+@metric('rmse', 'RMSE ({unit})', short='RMSE')
+def rmse(pred, gt, mask, peak):
+  del peak
+  d = _diff(pred, gt, mask)
+  return math.sqrt(float(np.mean(d * d)))
+
+
+@metric('psnr', 'PSNR (dB)', 2, short='PSNR')
+def psnr(pred, gt, mask, peak):
+  d = _diff(pred, gt, mask)
   mse = float(np.mean(d * d))
-  return {'mad': float(np.mean(np.abs(d))), 'rmse': math.sqrt(mse),
-          'psnr': 10 * math.log10(peak * peak / mse) if mse > 0 else None,
-          'ssim': ssim(pred / peak, gt / peak, mask)}
+  return 10 * math.log10(peak * peak / mse) if mse > 0 else None
+
+
+@metric('ssim', 'SSIM', short='SSIM')
+def _ssim(pred, gt, mask, peak):
+  return ssim(pred / peak, gt / peak, mask)
+
+
+def sr_metrics(pred, gt, mask, peak: float, names=None) -> dict:
+  """The registered metrics (or `names` of them) of maps already in protocol units, over `mask`."""
+  return {k: METRICS[k].fn(pred, gt, mask, peak) for k in (names or METRICS)}
+
+
+def _depth_pairs(pred, gt, mask, eps):
+  m = mask & (gt > 0)
+  return np.maximum(pred[m].astype(np.float64), eps), gt[m].astype(np.float64)
+
+
+def _delta(k):
+  def fn(pred, gt, mask, eps):
+    p, g = _depth_pairs(pred, gt, mask, eps)
+    return float(np.mean(np.maximum(p / g, g / p) < 1.25 ** k))
+  return fn
+
+
+for _k, _label in ((1, 'δ<1.25'), (2, 'δ<1.25²'), (3, 'δ<1.25³')):
+  metric(f'delta{_k}', _label, table=DEPTH_METRICS)(_delta(_k))
+
+
+@metric('abs_rel', 'AbsRel', table=DEPTH_METRICS)
+def _abs_rel(pred, gt, mask, eps):
+  p, g = _depth_pairs(pred, gt, mask, eps)
+  return float(np.mean(np.abs(p - g) / g))
+
+
+@metric('rmse', 'RMSE ({unit})', table=DEPTH_METRICS)
+def _depth_rmse(pred, gt, mask, eps):
+  p, g = _depth_pairs(pred, gt, mask, eps)
+  return float(math.sqrt(np.mean((p - g) ** 2)))
+
+
+@metric('log10', 'log10', table=DEPTH_METRICS)
+def _log10(pred, gt, mask, eps):
+  p, g = _depth_pairs(pred, gt, mask, eps)
+  return float(np.mean(np.abs(np.log10(p) - np.log10(g))))
 
 
 def depth_metrics(pred, gt, mask, eps: float) -> dict:
   """Monocular depth metrics over mask & gt > 0, prediction clipped below at eps."""
-  m = mask & (gt > 0)
-  p = np.maximum(pred[m].astype(np.float64), eps)
-  g = gt[m].astype(np.float64)
-  ratio = np.maximum(p / g, g / p)
-  out = {f'delta{k}': float(np.mean(ratio < 1.25 ** k)) for k in (1, 2, 3)}
-  out.update(abs_rel=float(np.mean(np.abs(p - g) / g)), rmse=float(math.sqrt(np.mean((p - g) ** 2))),
-             log10=float(np.mean(np.abs(np.log10(p) - np.log10(g)))))
-  return out
+  return {k: m.fn(pred, gt, mask, eps) for k, m in DEPTH_METRICS.items()}
 
 
 def _crop(x, border: int):
   return x[border:-border, border:-border] if border else x
 
 
-def score_image(pred_norm, hr_norm, valid, norm: float, proto: Protocol) -> tuple[dict, tuple]:
-  """Scores one normalised prediction against its normalised GT under `proto`.
+def score_image(pred_norm, hr_norm, valid, norm: float, proto: Protocol, names=None) -> tuple[dict, tuple]:
+  """Scores one normalised prediction against its normalised GT under `proto` (`names`: of METRICS; all).
 
   Returns:
     (metrics, (pred, gt, mask, peak)) with the maps in protocol units after the border crop.
@@ -346,7 +429,7 @@ def score_image(pred_norm, hr_norm, valid, norm: float, proto: Protocol) -> tupl
   if proto.round_uint8:
     pred = np.round(np.clip(pred, 0, 255))
   peak = f  # depth / norm lies in [0, 1], so the norm is the data range
-  return sr_metrics(pred, gt, mask, peak), (pred, gt, mask, peak)
+  return sr_metrics(pred, gt, mask, peak, names), (pred, gt, mask, peak)
 
 
 class _CropToMultiple:
@@ -416,7 +499,7 @@ class SceneImages:
       f = float(norm) * self.proto.factor
       to_proto = lambda x: _crop(np.asarray(x, np.float64)[:h, :w] * f, self.proto.border)
       s = self.scale
-      bic = to_proto(degradation.upsample_bicubic(np.asarray(lr_norm, np.float64), s))
+      bic = to_proto(resize.upsample_bicubic(np.asarray(lr_norm, np.float64), s))
       lr_up = to_proto(np.kron(np.asarray(lr_norm, np.float64), np.ones((s, s))))
       row = {'name': _title(name), 'lr_up': lr_up, 'bicubic': bic, 'ours': pred, 'gt': gt, 'mask': mask,
              'mad_bicubic': float(np.abs(bic - gt)[mask].mean()) if mask.any() else float('nan'),
@@ -445,22 +528,102 @@ class SceneImages:
     return files
 
 
-def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estimate: Callable | None = None,
-                     on_image: Callable | None = None):
-  """Scores `predict` (normalised LR (h, w) -> normalised (s*h, s*w)) on split 'test' of `dataset`.
+class Evaluator:
+  """The one evaluation loop: whole images of one dataset, scored under one protocol.
+
+  Training-time validation (train.py: the best checkpoint), eval mode (`run`; the notebook and the study
+  call it) use it, so a checkpoint is judged during training as it is reported.
+
+    ev = Evaluator(batches, PROTOCOLS['middlebury2005'], scale=4)
+    result = ev(predict)              # predict: normalised LR (h, w) -> normalised (s*h, s*w)
 
   Args:
-    config: the eval config (data.dir, data.tfds_dir, data.degrade, data.noise_sigma, seed, ...).
-    dataset: one dataset name (see PROTOCOLS).
+    batches: a re-iterable of pipeline.eval_dataset batches (any data.eval_batch).
+    proto: the Protocol.
     scale: s.
-    predict: the SR function.
-    estimate: optional DENet function (normalised RGB (H, W, 3) -> normalised depth (H, W)).
-    on_image: optional callable(name, lr, pred, hr, norm, (pred, gt, mask, peak) in protocol units), e.g.
-      SceneImages.
-
-  Returns:
-    {'per_scene': {name: metrics}, 'mean': metrics, 'denet': {...} or absent, 'images': n, 'seconds': t}.
+    metrics: names in METRICS (None: every registered one).
+    name: the data as a message names it ("eval.dataset='nyu_v2': split test").
   """
+
+  def __init__(self, batches, proto: Protocol, scale: int, metrics=None, name: str = 'evaluation'):
+    self.batches, self.proto, self.scale, self.name = batches, proto, int(scale), name
+    self.metrics = tuple(metrics or METRICS)
+    self._bicubic = None  # the baseline's result: the same every time
+
+  def images(self):
+    """(name, lr (h, w), hr (H, W), valid (H, W), rgb (H, W, 3), norm) of every real image, in order."""
+    for b in self.batches:
+      for i in range(len(b['mask'])):
+        if b['mask'][i]:
+          yield (str(b['name'][i]), b['lr_depth'][i, ..., 0], b['hr_depth'][i, ..., 0], b['valid'][i, ..., 0],
+                 b['rgb'][i], float(b['norm'][i]))
+
+  def __call__(self, predict: Callable, *, estimate: Callable | None = None, baseline: bool = False,
+               on_image: Callable | None = None) -> dict:
+    """Scores `predict` on every image.
+
+    Args:
+      predict: the SR function.
+      estimate: optional DENet function (normalised RGB (H, W, 3) -> normalised depth (H, W)).
+      baseline: also score the bicubic baseline (computed once per Evaluator), as result['bicubic'].
+      on_image: optional callable(name, lr, pred, hr, norm, (pred, gt, mask, peak) in protocol units), e.g.
+        SceneImages.
+
+    Returns:
+      {'per_scene': {name: metrics}, 'mean': metrics (over images), 'images': n, 'seconds': t, and
+      'denet' / 'bicubic' ({'per_scene', 'mean'}) when asked}.
+    """
+    rows, rows_de = [], []
+    t0 = time.perf_counter()
+    for name, lr, hr, valid, rgb, norm in self.images():
+      h, w = hr.shape
+      pred = np.asarray(predict(lr))[:h, :w]
+      metrics, scored = score_image(pred, hr, valid, norm, self.proto, self.metrics)
+      rows.append((name, metrics))
+      if on_image is not None:
+        on_image(name, lr, pred, hr, norm, scored)
+      logging.info('%s %s x%d: %s', self.name, name, self.scale, metrics)
+      if estimate is not None:
+        _, gt, mask, peak = scored
+        de_pred = _crop(np.asarray(estimate(rgb), np.float64) * norm * self.proto.factor, self.proto.border)
+        rows_de.append((name, depth_metrics(de_pred, gt, mask, 1e-3 * peak)))
+    if not rows:
+      raise UserError(f'{self.name} has no image with valid depth')
+    out = {**_table(rows), 'images': len(rows), 'seconds': time.perf_counter() - t0}
+    if rows_de:
+      out['denet'] = _table(rows_de)
+    if baseline:
+      if self._bicubic is None:
+        s = self.scale
+        bic = self(lambda lr: resize.upsample_bicubic(np.asarray(lr, np.float64), s))
+        self._bicubic = {'per_scene': bic['per_scene'], 'mean': bic['mean']}
+      out['bicubic'] = self._bicubic
+    return out
+
+
+def _table(rows) -> dict:
+  """{'per_scene': {name: metrics}, 'mean': the mean over rows}; a repeated name gets a '#k' suffix (a
+  validation mix of datasets may repeat one) so that no image drops out of the table."""
+  per_scene = {}
+  for name, m in rows:
+    key, k = name, 1
+    while key in per_scene:
+      k += 1
+      key = f'{name}#{k}'
+    per_scene[key] = m
+  return {'per_scene': per_scene, 'mean': _mean(per_scene)}
+
+
+def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estimate: Callable | None = None,
+                     on_image: Callable | None = None):
+  """Scores `predict` on split 'test' of `dataset` under its protocol (an Evaluator of dataset_batches)."""
+  ev = Evaluator(dataset_batches(config, dataset, scale), protocol_for(dataset), scale,
+                 name=f'eval.dataset={dataset!r}: split test')
+  return ev(predict, estimate=estimate, on_image=on_image)
+
+
+def dataset_batches(config, dataset: str, scale: int):
+  """Whole-image batches of split 'test' of `dataset` as its protocol prepares them."""
   from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from dsr_jax.input_pipeline import sources  # pylint: disable=g-import-not-at-top
   proto = protocol_for(dataset)
@@ -468,32 +631,7 @@ def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estima
   source = sources.get_source(cfg.data, 'test')
   if proto.crop_multiple:
     source = _CropToMultiple(source, scale)
-  per_scene, per_scene_de = {}, {}
-  t0 = time.perf_counter()
-  for b in pipeline.eval_dataset(cfg, 'test', source=source):
-    if not b['mask'][0]:
-      continue
-    name = str(b['name'][0])
-    hr = b['hr_depth'][0, ..., 0]
-    h, w = hr.shape
-    pred = np.asarray(predict(b['lr_depth'][0, ..., 0]))[:h, :w]
-    metrics, scored = score_image(pred, hr, b['valid'][0, ..., 0], float(b['norm'][0]), proto)
-    _, gt, mask, peak = scored
-    per_scene[name] = metrics
-    if on_image is not None:
-      on_image(name, b['lr_depth'][0, ..., 0], pred, hr, float(b['norm'][0]), scored)
-    logging.info('%s %s x%d: %s', dataset, name, scale, metrics)
-    if estimate is not None:
-      de_pred = _crop(np.asarray(estimate(b['rgb'][0]), np.float64) * float(b['norm'][0]) * proto.factor,
-                      proto.border)
-      per_scene_de[name] = depth_metrics(de_pred, gt, mask, 1e-3 * peak)
-  if not per_scene:
-    raise UserError(f'eval.dataset={dataset!r}: split test has no image with valid depth')
-  out = {'per_scene': per_scene, 'mean': _mean(per_scene), 'images': len(per_scene),
-         'seconds': time.perf_counter() - t0}
-  if per_scene_de:
-    out['denet'] = {'per_scene': per_scene_de, 'mean': _mean(per_scene_de)}
-  return out
+  return pipeline.eval_dataset(cfg, 'test', source=source)
 
 
 def _mean(per_scene: dict) -> dict:
@@ -549,28 +687,33 @@ def markdown(result: dict) -> str:
     vals = [per[sc]['mad'] for sc in scenes]
     lines.append(f'| **{label}** | ' + ' | '.join(f'{v:.2f}' for v in vals) + f' | {np.mean(vals):.2f} |')
     lines.append('')
-  lines += ['## Per scene', '', f'| Scene | MAD ({unit}) | RMSE ({unit}) | PSNR (dB) | SSIM |',
-            '|---|---:|---:|---:|---:|']
-  rows = list(per.items()) + [('**Mean**', result['mean'])]
-  for name, m in rows:
-    lines.append(f'| {name} | {_fmt(m["mad"], 4)} | {_fmt(m["rmse"], 4)} | {_fmt(m["psnr"], 2)} | '
-                 f'{_fmt(m["ssim"], 4)} |')
+  lines += ['## Per scene', ''] + _metric_table(per, result['mean'], METRICS, unit)
   if 'denet' in result:
-    lines += ['', '## DENet (monocular depth from the HR RGB)', '',
-              f'| Scene | δ<1.25 | δ<1.25² | δ<1.25³ | AbsRel | RMSE ({unit}) | log10 |',
-              '|---|---:|---:|---:|---:|---:|---:|']
-    de = result['denet']
-    for name, m in list(de['per_scene'].items()) + [('**Mean**', de['mean'])]:
-      lines.append(f'| {name} | {m["delta1"]:.4f} | {m["delta2"]:.4f} | {m["delta3"]:.4f} | '
-                   f'{m["abs_rel"]:.4f} | {m["rmse"]:.4f} | {m["log10"]:.4f} |')
+    lines += ['', '## DENet (monocular depth from the HR RGB)', '']
+    lines += _metric_table(result['denet']['per_scene'], result['denet']['mean'], DEPTH_METRICS, unit)
   return '\n'.join(lines) + '\n'
+
+
+def _columns(mean: dict, registry: dict) -> list:
+  """(key, Metric) for every key of a result, registered ones in registry order, others after them."""
+  cols = [(k, registry[k]) for k in registry if k in mean]
+  return cols + [(k, Metric(None, k, 4, k)) for k in mean if k not in registry]
+
+
+def _metric_table(per_scene: dict, mean: dict, registry: dict, unit: str) -> list:
+  cols = _columns(mean, registry)
+  out = ['| Scene | ' + ' | '.join(m.label.format(unit=unit) for _, m in cols) + ' |',
+         '|---|' + '---:|' * len(cols)]
+  for name, row in list(per_scene.items()) + [('**Mean**', mean)]:
+    out.append(f'| {name} | ' + ' | '.join(_fmt(row.get(k), m.digits) for k, m in cols) + ' |')
+  return out
 
 
 def run(config, workdir: str) -> dict:
   """Eval mode: scores a checkpoint (or the bicubic baseline) on split 'test' and writes the reports.
 
   Args:
-    config: the eval config (mode 'eval'; eval.*, data.*, model.name, model.scale).
+    config: the eval config (mode 'eval'; eval.*, data.*, model.scale).
     workdir: reports go to <workdir>/eval/<dataset>_x<s>.{json,md}.
 
   Returns:
@@ -581,39 +724,26 @@ def run(config, workdir: str) -> dict:
   """
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config, mode='eval')
   dataset = str(config.eval.dataset or config.data.name)
-  if dataset not in PROTOCOLS:
-    field = 'eval.dataset' if config.eval.dataset else 'data.name'
-    raise ConfigError(f'{field}={dataset!r}: eval needs one dataset of {", ".join(sorted(PROTOCOLS))}')
-  proto = PROTOCOLS[dataset]
-  name = config.model.name
-  if name not in MODELS:
-    raise ConfigError(f'model.name={name!r}: expected one of {", ".join(MODELS)}')
+  proto, baseline, want = PROTOCOLS[dataset], config.eval.baseline, config.model.scale
   paths.check_dir_target(workdir, '--workdir')  # Now, not after the whole evaluation.
-  want = config.model.scale
-  if isinstance(want, bool) or not isinstance(want, int) or (want and want not in PAPER_SCALES):
-    raise ConfigError(f'model.scale={want!r}: expected 0 (the checkpoint\'s) or one of 2, 4, 8, 16')
   tile, overlap, ensemble = config.eval.tile, config.eval.overlap, bool(config.eval.ensemble)
-  _check_tiling(tile, overlap)
   info, estimate = {}, None
-  if name == 'bicubic':
-    if not want:
-      raise ConfigError('model.scale=0: the bicubic baseline has no checkpoint to take the scale from; '
-                        'set --config.model.scale to 2, 4, 8 or 16')
+  name = baseline
+  if baseline == 'bicubic':
     scale = want
 
     def predict(lr):
-      return degradation.upsample_bicubic(np.asarray(lr, np.float64), scale)
+      return resize.upsample_bicubic(np.asarray(lr, np.float64), scale)
   else:
-    if not config.eval.checkpoint_dir:
-      raise ConfigError('eval.checkpoint_dir is empty: expected a training workdir, its checkpoints/ '
-                        'directory or one step directory (or --config.model.name=bicubic)')
     ck_cfg, params, info = restore.load_params(config.eval.checkpoint_dir, ('dsr', 'denet'))
     scale = int(ck_cfg.model.scale)
     if want and want != scale:
       raise ConfigError(f'model.scale={want} contradicts the checkpoint\'s scale {scale} ({info["dir"]}); '
                         f'set model.scale={scale} or 0 (= the checkpoint\'s)')
     models = models_lib.build(ck_cfg.model)
+    name = ck_cfg.model.name
 
     def predict(lr):
       return super_resolve(models.dsr, params['dsr'], lr, tile=tile, overlap=overlap, ensemble=ensemble)
@@ -678,9 +808,9 @@ def report_files(workdir: str, dataset: str, scale: int, name: str, checkpoint: 
 def summary(result: dict) -> str:
   """One line for the console."""
   m = result['mean']
+  values = ' '.join(f'{c.short} {_fmt(m[k], c.digits)}' for k, c in _columns(m, METRICS))
   return (f'eval {result["dataset"]} x{result["scale"]} ({result["model"]}, {result["images"]} images, '
-          f'{result["protocol"]["unit"]}): MAD {m["mad"]:.4f} RMSE {m["rmse"]:.4f} PSNR {_fmt(m["psnr"], 2)} '
-          f'SSIM {m["ssim"]:.4f}; wrote {result["files"]["json"]} and {result["files"]["md"]}')
+          f'{result["protocol"]["unit"]}): {values}; wrote {result["files"]["json"]} and {result["files"]["md"]}')
 
 
 def real_sensor(dsr, params, data_dir, scale: int) -> dict:
@@ -693,7 +823,6 @@ def real_sensor(dsr, params, data_dir, scale: int) -> dict:
   3. RMSE in cm over the HR's valid pixels (the literature's RGB-D-D unit), no border crop.
   Returns {'per_scene': {name: {'rmse_cm', 'bicubic_rmse_cm'}}, 'mean': {...}, 'protocol': str}.
   """
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   norm = readers.dataset_info('rgbdd').norm
   per_scene = {}
@@ -703,10 +832,10 @@ def real_sensor(dsr, params, data_dir, scale: int) -> dict:
     lr = readers.load_depth_lr(rec).astype(np.float64)
     h, w = hr.shape
     th, tw = -(-h // scale), -(-w // scale)
-    lr = degradation._resize(lr, th / lr.shape[0], tw / lr.shape[1], 'bicubic', np)  # pylint: disable=protected-access
+    lr = resize.resize(lr, th / lr.shape[0], tw / lr.shape[1], 'bicubic')
     lr = lr[:th, :tw] / norm
     ours = super_resolve(dsr, params, lr.astype(np.float32))[:h, :w] * norm
-    bic = degradation.upsample_bicubic(lr, scale)[:h, :w] * norm
+    bic = resize.upsample_bicubic(lr, scale)[:h, :w] * norm
     rmse = lambda p: float(np.sqrt(np.mean((p[valid] - hr[valid]) ** 2)) / 10.0)
     per_scene[rec.name] = {'rmse_cm': rmse(ours), 'bicubic_rmse_cm': rmse(bic)}
   mean = {k: float(np.mean([v[k] for v in per_scene.values()])) for k in ('rmse_cm', 'bicubic_rmse_cm')}

@@ -31,7 +31,7 @@ def run(config, workdir: str) -> int:
     from dsr_jax import paths  # pylint: disable=g-import-not-at-top
     from dsr_jax import xla_options  # pylint: disable=g-import-not-at-top
     # Before any work: a NaN learning rate or an unwritable workdir would otherwise show only at the end.
-    config_lib.check_numbers(config)
+    config_lib.validate(config)
     paths.check_dir_target(workdir, '--workdir', writable=True)
     xla_options.set_cpu_convolutions(config.cpu_convolutions)
     if config.train.distributed:

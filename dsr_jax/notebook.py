@@ -13,6 +13,8 @@ import tempfile
 
 import numpy as np
 
+from dsr_jax import resize
+
 # The runtime's own builds stay: Colab's jax/jaxlib are built for its accelerator (a PyPI jax would be a
 # CPU build), and its TensorFlow carries its CUDA setup (tensorflow-cpu would replace it).
 _KEEP = ('jax', 'jaxlib')
@@ -169,14 +171,13 @@ def compare(checkpoint: str, hr: np.ndarray, *, tile: int = 0, ensemble: bool = 
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   config, params = restore.load_for_inference(checkpoint)
   s = int(config.model.scale)
   dsr = models_lib.build(config.model).dsr
   h, w = hr.shape
-  lr = degradation.downsample(hr.astype(np.float64), s).astype(np.float32)
+  lr = resize.downsample(hr.astype(np.float64), s).astype(np.float32)
   ours = evaluate.super_resolve(dsr, params, lr, tile=tile, ensemble=ensemble)[:h, :w]
-  bic = degradation.upsample_bicubic(lr.astype(np.float64), s)[:h, :w].astype(np.float32)
+  bic = resize.upsample_bicubic(lr.astype(np.float64), s)[:h, :w].astype(np.float32)
   lr_big = np.kron(lr, np.ones((s, s), np.float32))[:h, :w]
   return {'scale': s, 'lr': lr_big, 'bicubic': bic, 'ours': ours, 'gt': hr,
           'mad_bicubic': float(np.abs(bic - hr).mean()), 'mad_ours': float(np.abs(ours - hr).mean())}
@@ -231,7 +232,6 @@ def super_resolve_file(path: str, checkpoint: str = 'dsrnet_x4', out_dir: str = 
   """
   from dsr_jax import predict  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   args = ['--checkpoint', checkpoint, '--input', path, '--output', out_dir, '--tile', str(tile), '--overwrite']
   if norm:
     args += ['--norm', str(norm)]
@@ -245,7 +245,7 @@ def super_resolve_file(path: str, checkpoint: str = 'dsrnet_x4', out_dir: str = 
   out, colour = predict.output_paths(inp, pathlib.Path(out_dir), s)
   ours = predict.read_depth(out)[0].astype(np.float32)
   ours = ours[..., 0] if ours.ndim == 3 else ours
-  bic = degradation.upsample_bicubic(x.astype(np.float64), s).astype(np.float32)
+  bic = resize.upsample_bicubic(x.astype(np.float64), s).astype(np.float32)
   return {'scale': s, 'input': x, 'bicubic': bic, 'ours': ours,
           'files': [str(out), str(colour)]}
 

@@ -22,17 +22,9 @@ class TrainState:
 
 def init_params(models, key, scale: int, size: int = 16):
   """Initial parameters of every network (side heads included) from one key."""
-  k_dsr, k_de, k_sp = jax.random.split(key, 3)
-  hr = size * scale
-  params = {'dsr': models.dsr.init(k_dsr, jnp.zeros((1, size, size, 1)), train=True)['params']}
-  if models.denet is not None:
-    params['denet'] = models.denet.init(k_de, jnp.zeros((1, hr, hr, 3)), jnp.zeros((1, size, size, 1)),
-                                        train=True)['params']
-  if models.spnet is not None:
-    c = models.spnet.channels
-    f, d = jnp.zeros((1, hr, hr, c)), jnp.zeros((1, hr, hr, 1))
-    params['spnet'] = models.spnet.init(k_sp, f, f, d, d, d)['params']
-  return params
+  keys = dict(zip(('dsr', 'denet', 'spnet'), jax.random.split(key, 3)))
+  return {name: net.init(keys[name], *net.dummy_inputs(size, scale), train=True)['params']
+          for name, net in models.nets().items()}
 
 
 def create(models, tx, key, scale: int) -> TrainState:

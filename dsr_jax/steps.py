@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from dsr_jax import losses
+from dsr_jax import resize
 from dsr_jax import roles
 from dsr_jax.state import TrainState
 
@@ -20,8 +21,7 @@ TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_ds
 
 
 def make_lr(batch, scale: int, method: str):
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  return degradation.downsample(batch['hr_depth'], scale, method, xp=jnp)
+  return resize.downsample(batch['hr_depth'], scale, method, xp=jnp)
 
 
 def _cut(outputs: dict, nets) -> dict:
@@ -39,25 +39,25 @@ def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg
   o = _cut(outs, term.nets)
   sw = loss_cfg.side_weight
   if term.name == 'dsr':  # L_DSR (+ side supervision, Revision 2 rule 1)
-    value = losses.l1(o['dsr']['depth'], hr, v)
-    return value + sw * _side_l1(o['dsr']['sides'], hr, v) if sw else value
+    value = losses.l1(o['dsr'].depth, hr, v)
+    return value + sw * _side_l1(o['dsr'].sides, hr, v) if sw else value
   if term.name == 'de':  # L_DE = SSIM + L1 (+ side supervision)
-    value = losses.de_loss(o['denet']['depth'], hr, v, loss_cfg.ssim_lambda)
-    return value + sw * _side_l1(o['denet']['sides'], hr, v) if sw else value
+    value = losses.de_loss(o['denet'].depth, hr, v, loss_cfg.ssim_lambda)
+    return value + sw * _side_l1(o['denet'].sides, hr, v) if sw else value
   if term.name == 'struct':
     factor = dict(term.reach)['spnet']
     sp_params = losses.scale_gradient(params['spnet'], factor) if factor != 1.0 else params['spnet']
-    d_sr, d_de = o['dsr']['depth'], o['denet']['depth']
+    d_sr, d_de = o['dsr'].depth, o['denet'].depth
     if loss_cfg.detach_uncertainty:  # Revision 2 rule 4: the uncertainty branch sees constant depths
       d_sr, d_de = jax.lax.stop_gradient((d_sr, d_de))
-    s_pred = models.spnet.apply({'params': sp_params}, o['dsr']['feats'][-1], o['denet']['feats'][-1],
+    s_pred = models.spnet.apply({'params': sp_params}, o['dsr'].feats[-1], o['denet'].feats[-1],
                                 d_sr, d_de, hr)
     return losses.l1(s_pred, losses.gradient_magnitude(hr), losses.gradient_valid(v))
   student, teacher = o[term.student], o[_other(term.student)]
   if term.name == 'out':  # L_O towards the teacher's side outputs
-    return losses.side_l1(student['sides'], teacher['sides'], v)
+    return losses.side_l1(student.sides, teacher.sides, v)
   if term.name == 'aff':  # L_A towards the teacher's feature affinities
-    return losses.feature_affinity(student['feats'], teacher['feats'], v, loss_cfg.affinity_pool,
+    return losses.feature_affinity(student.feats, teacher.feats, v, loss_cfg.affinity_pool,
                                    kind=loss_cfg.affinity, tau=loss_cfg.affinity_tau)
   raise ValueError(f'unknown loss term {term.name!r}')
 
@@ -67,7 +67,7 @@ def _other(net: str) -> str:
 
 
 def forward(params, batch, *, models):
-  """Train-mode outputs of the depth networks: {'dsr': {...}, 'denet': {...}} (DENet absent for w/o CT)."""
+  """Train-mode outputs of the depth networks: {'dsr': NetOutput, 'denet': NetOutput} (no DENet w/o CT)."""
   outs = {'dsr': models.dsr.apply({'params': params['dsr']}, batch['lr_depth'], train=True)}
   if models.denet is not None:
     outs['denet'] = models.denet.apply({'params': params['denet']}, batch['rgb'], batch['lr_depth'],
@@ -88,13 +88,13 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int, 
   outs = forward(params, batch, models=models)
   zero = jnp.zeros((), jnp.float32)
   t = dict.fromkeys(TERMS, zero)
-  t['e_dsr'] = losses.l1(outs['dsr']['depth'], hr, v)
+  t['e_dsr'] = losses.l1(outs['dsr'].depth, hr, v)
   if 'denet' in outs:
-    t['e_de'] = losses.l1(outs['denet']['depth'], hr, v)
+    t['e_de'] = losses.l1(outs['denet'].depth, hr, v)
   if loss_cfg.side_weight:  # logged only: how close the side heads come to the main output's error
-    t['side_dsr'] = _side_l1(jax.lax.stop_gradient(outs['dsr']['sides']), hr, v)
+    t['side_dsr'] = _side_l1(jax.lax.stop_gradient(outs['dsr'].sides), hr, v)
     if 'denet' in outs:
-      t['side_de'] = _side_l1(jax.lax.stop_gradient(outs['denet']['sides']), hr, v)
+      t['side_de'] = _side_l1(jax.lax.stop_gradient(outs['denet'].sides), hr, v)
   total, weighted = None, {}
   for term in phase.terms:
     value = _term_value(term, outs, params, batch, models=models, loss_cfg=loss_cfg)

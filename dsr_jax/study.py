@@ -178,7 +178,7 @@ def run_one(row: str, seed: int, a) -> dict:
   wall = time.time() - t0
   eval_dir = os.path.join(workdir, 'eval_run')
   eval_flags = [_flag('eval.checkpoint_dir', workdir)] + ([_flag('data.dir', a.data_dir)] if a.data_dir else [])
-  _run(nice + [sys.executable, '-m', 'dsr_jax.main', '--config', 'configs/eval_middlebury2005.py',
+  _run(nice + [sys.executable, '-m', 'dsr_jax.main', '--config', 'configs/eval.py:middlebury2005',
                '--workdir', eval_dir, *eval_flags], log)
   with open(os.path.join(eval_dir, 'eval', f'middlebury2005_x{a.scale}.json')) as f:
     report = json.load(f)

@@ -15,13 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsr_jax import config_lib
 from dsr_jax import checkpointing
+from dsr_jax import config_lib
+from dsr_jax import evaluate
 from dsr_jax import lifecycle
 from dsr_jax import models as models_lib
 from dsr_jax import optim
 from dsr_jax import paths
 from dsr_jax import pictures
+from dsr_jax import resize
 from dsr_jax import roles
 from dsr_jax import sharding
 from dsr_jax import state as state_lib
@@ -41,35 +43,12 @@ def cross_task(config) -> bool:
 
 
 def validate(config) -> None:
-  config_lib.check_numbers(config)  # also here: Colab and the study call train_and_evaluate directly
-  roles.validate(config, cross_task(config))
-  models_lib.build(config.model)
-  if config.data.lr_on_device and config.data.noise_sigma > 0:
-    raise ConfigError('data.noise_sigma > 0 needs data.lr_on_device=False (the noise is added on the host)')
-  if cross_task(config):
-    _check_one_convention(config.data.name)
+  """A training config's checks (config_lib.validate's train mode) and the batch over this machine's devices."""
+  config_lib.validate(config, mode='train')
   n = jax.device_count()
   if config.train.batch_size % n:
     raise ConfigError(f'train.batch_size={config.train.batch_size}: expected a multiple of the '
                       f'device count {n}')
-
-
-def _check_one_convention(name: str) -> None:
-  # Revision 2, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
-  # one training mix would ask it for two contradictory mappings.
-  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
-  try:
-    mix = readers.parse_mix(name)
-  except Exception:  # pylint: disable=broad-except
-    return  # the data pipeline reports a malformed name with its own message
-  found = {}
-  for n, _ in mix:
-    if n in readers.DATASETS:
-      found.setdefault(readers.DATASETS[n].convention, []).append(n)
-  if len(found) > 1:
-    kinds = '; '.join(f'{k}: {", ".join(v)}' for k, v in sorted(found.items()))
-    raise ConfigError(f'data.name={name!r}: cross-task training would teach DENet two depth conventions '
-                      f'({kinds}); expected datasets of one convention (or model.use_denet=False)')
 
 
 class Prefetcher:
@@ -117,15 +96,15 @@ def image_summaries(models, params, batch, scale: int):
   from dsr_jax import losses  # pylint: disable=g-import-not-at-top
   one = jax.tree.map(lambda x: x[:1], batch)
   sr = models.dsr.apply({'params': params['dsr']}, one['lr_depth'], train=True)
-  out = {'lr': one['lr_depth'], 'sr': sr['depth'], 'gt': one['hr_depth'],
-         'error': jnp.abs(sr['depth'] - one['hr_depth']) * one['valid'],
+  out = {'lr': one['lr_depth'], 'sr': sr.depth, 'gt': one['hr_depth'],
+         'error': jnp.abs(sr.depth - one['hr_depth']) * one['valid'],
          'structure_target': losses.gradient_magnitude(one['hr_depth'])}
   if models.denet is not None:
     de = models.denet.apply({'params': params['denet']}, one['rgb'], one['lr_depth'], train=True)
-    out['de'] = de['depth']
+    out['de'] = de.depth
     if models.spnet is not None:
-      out['structure_pred'] = models.spnet.apply({'params': params['spnet']}, sr['feats'][-1],
-                                                 de['feats'][-1], sr['depth'], de['depth'], one['hr_depth'])
+      out['structure_pred'] = models.spnet.apply({'params': params['spnet']}, sr.feats[-1],
+                                                 de.feats[-1], sr.depth, de.depth, one['hr_depth'])
   return out
 
 
@@ -162,12 +141,10 @@ def first_val_scene(dataset):
 def val_scene_strip(dsr, params, scene, scale: int) -> np.ndarray:
   """bicubic-upsampled LR | SR | GT on the GT's colour scale | |SR - GT| (inferno, 0 to a tenth of the GT's
   range, fixed so that steps compare)."""
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   lr, hr, valid = scene
   h, w = hr.shape[:2]
   sr = evaluate.super_resolve(dsr, params, lr)[:h, :w]
-  bic = degradation.upsample_bicubic(np.asarray(lr, np.float64)[None], scale)[0, :h, :w, 0]
+  bic = resize.upsample_bicubic(np.asarray(lr, np.float64)[None], scale)[0, :h, :w, 0]
   gt, v = hr[..., 0], valid[..., 0] > 0
   lo, hi = (float(gt[v].min()), float(gt[v].max())) if v.any() else (float(gt.min()), float(gt.max()))
   depth = lambda x: pictures.colourise(x, 'viridis', lo, hi)
@@ -190,32 +167,31 @@ def val_dataset(config):
                                source=sources.get_source(data, config.data.val_split))
 
 
-def validation_mad(config, models, params, dataset=None):
-  """Mean per-image MAD (dataset units) of DSRNet and of the bicubic baseline on the validation split.
+# Validation scores in dataset units over each image's valid pixels (no border crop, no rounding): the
+# validation mix may hold datasets of different units, and MAD alone picks the best checkpoint.
+VALIDATION = evaluate.Protocol('dataset units', 1.0, reference='training-time validation')
 
-  DSRNet runs through evaluate.super_resolve (mirrored borders, shape buckets), exactly as eval mode does,
-  so the checkpoint kept as best is judged as it will be reported. `dataset`: pipeline.eval_dataset of
-  val_dataset(config), when the caller has built it already.
-  """
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  s = config.model.scale
+
+def val_evaluator(config, dataset=None) -> evaluate.Evaluator:
+  """The Evaluator of data.val_split of data.val_name (or data.name) that picks the best checkpoint."""
+  name = config.data.val_name or config.data.name
+  return evaluate.Evaluator(val_dataset(config) if dataset is None else dataset, VALIDATION,
+                            config.model.scale, metrics=('mad',),
+                            name=f'data.val_name={name!r}: split {config.data.val_split!r}')
+
+
+def validate_params(evaluator: evaluate.Evaluator, models, params) -> dict:
+  """DSRNet through evaluate.super_resolve (mirrored borders, shape buckets), exactly as eval mode runs it,
+  with the bicubic baseline beside it: {'per_scene', 'mean', 'images', 'bicubic', ...} (see Evaluator)."""
   dsr_params = jax.device_get(params['dsr'])
-  ours, bic = [], []
-  if dataset is None:
-    dataset = val_dataset(config)
-  for b in dataset:
-    h, w = b['hr_depth'].shape[1:3]
-    base = degradation.upsample_bicubic(b['lr_depth'], s)[:, :h, :w]
-    for i in range(len(b['mask'])):
-      if not b['mask'][i]:
-        continue
-      pred = evaluate.super_resolve(models.dsr, dsr_params, b['lr_depth'][i])[:h, :w, None]
-      v = b['valid'][i] > 0
-      n = float(b['norm'][i])
-      ours.append(np.abs(pred - b['hr_depth'][i])[v].mean() * n)
-      bic.append(np.abs(base[i] - b['hr_depth'][i])[v].mean() * n)
-  return float(np.mean(ours)), float(np.mean(bic)), len(ours)
+  return evaluator(lambda lr: evaluate.super_resolve(models.dsr, dsr_params, lr), baseline=True)
+
+
+def validation_scalars(result: dict) -> dict:
+  """TensorBoard's eval/<metric> and eval/bicubic_<metric>, for whichever metrics the result holds."""
+  out = {f'eval/{k}': v for k, v in result['mean'].items() if v is not None}
+  out.update({f'eval/bicubic_{k}': v for k, v in result['bicubic']['mean'].items() if v is not None})
+  return out
 
 
 def check_resume_config(config, workdir: str) -> bool:
@@ -270,8 +246,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
   tcfg = config.train
   is_ct = cross_task(config)
   models = models_lib.build(config.model)
-  nets = tuple(n for n, m in (('dsr', models.dsr), ('denet', models.denet), ('spnet', models.spnet))
-               if m is not None)
+  nets = tuple(models.nets())
   tx = optim.make(config, nets)
   mesh = sharding.make_mesh()
   repl = sharding.replicated(mesh)
@@ -291,6 +266,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
   # The validation split too is opened before anything is written: a missing or empty one fails now, with
   # no workdir left behind, not after the whole run.
   val_data = val_dataset(config)
+  val_eval = val_evaluator(config, val_data)
   val_scene = first_val_scene(val_data) if jax.process_index() == 0 else None  # TensorBoard's fixed scene
   # clu's writer and actions import TensorFlow (~4 s): only once every check above has passed.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
@@ -422,10 +398,11 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
                   models.dsr, jax.device_get(state.params['dsr']), val_scene, scale)[None]})
           if config.eval.every_steps and (done % config.eval.every_steps == 0) and not is_last:
             with report.timed('eval'):
-              mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
-            writer.write_scalars(done, {'eval/mad': mad, 'eval/bicubic_mad': bic})
+              val = validate_params(val_eval, models, state.params)
+            writer.write_scalars(done, validation_scalars(val))
+            mad, bic = val['mean']['mad'], val['bicubic']['mean']['mad']
             keep_best(done, mad, bic)
-            _say(f'step {done}: validation MAD {mad:.4g} (bicubic {bic:.4g}, {n} images)'
+            _say(f'step {done}: validation MAD {mad:.4g} (bicubic {bic:.4g}, {val["images"]} images)'
                  + ('; best so far' if best['mad'] == mad else f'; best {best["mad"]:.4g}'))
           saved = done % config.ckpt.every_steps == 0 or is_last
           if saved:
@@ -442,11 +419,12 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
             break
         else:
           _check_finite(state)
-          mad, bic, n = validation_mad(config, models, state.params, dataset=val_data)
+          val = validate_params(val_eval, models, state.params)
           final_step = int(jax.device_get(state.step))
-          writer.write_scalars(final_step, {'eval/mad': mad, 'eval/bicubic_mad': bic})
+          writer.write_scalars(final_step, validation_scalars(val))
+          mad, bic = val['mean']['mad'], val['bicubic']['mean']['mad']
           keep_best(final_step, mad, bic)
-          summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': n, 'workdir': workdir,
+          summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': val['images'], 'workdir': workdir,
                      'checkpoints': checkpointing.ckpt_dir(workdir), 'step': final_step,
                      'best_val_mad': best['mad'],
                      'best_checkpoint': os.path.join(workdir, checkpointing.BEST_DIR)}

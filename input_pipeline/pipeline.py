@@ -44,9 +44,6 @@ def check_scale(config) -> int:
 
 def _check_train_config(config, process_count):
   scale = check_scale(config)
-  crop = config.data.crop
-  if not isinstance(crop, int) or crop <= 0 or crop % scale:
-    raise ConfigError(f'data.crop: expected a positive multiple of model.scale={scale}, got {crop!r}')
   bs = config.train.batch_size
   if bs <= 0 or bs % process_count:
     raise ConfigError(f'train.batch_size: expected a positive multiple of the process count '
@@ -232,10 +229,9 @@ def train_dataset(config, source=None, *, process_index=None, process_count=None
   ds = SkipAllInvalid(grain.MapDataset.source(source), what=f'{d.name} train')
   ds = ds.seed(config.seed)
   ds = EpochShuffle(ds, seed=_derived_seed(config.seed, 'shuffle')).repeat()
-  # min_valid / crop_tries are optional config fields (defaults here) so older configs keep working.
   ds = ds.random_map(transforms.PairedRandomCrop(
-      d.crop, scale, min_valid=float(d.get('min_valid', 0.5)), max_tries=int(d.get('crop_tries', 10)),
-      min_edge=float(d.get('min_edge', 0.0)), edge_step=float(d.get('edge_step', 0.01))))
+      d.crop, scale, min_valid=float(d.min_valid), max_tries=int(d.crop_tries),
+      min_edge=float(d.min_edge), edge_step=float(d.edge_step)))
   if d.augment:
     ds = ds.random_map(transforms.PairedFlipRotate())
   ds = ds.map(transforms.Normalize())

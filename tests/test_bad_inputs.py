@@ -235,7 +235,7 @@ def _main_workdir_unwritable(root, _):
 
 
 def _eval_workdir_unwritable(root, ckpt):
-  return (['--config', 'configs/eval_middlebury2005.py', '--workdir', str(_UNWRITABLE),
+  return (['--config', 'configs/eval.py:middlebury2005', '--workdir', str(_UNWRITABLE),
            f'--config.eval.checkpoint_dir={ckpt}'], [str(_UNWRITABLE), 'does not take writes'])
 
 
@@ -243,7 +243,7 @@ def _eval_one_corrupt_file(root, ckpt):
   data = _nyu(root, ids=(1, 2, 1001, 1002, 1003), size=(48, 64))
   bad = data / 'nyu_v2/Depth/1002.npy'
   _truncate(bad)
-  return (['--config', 'configs/eval_nyu.py', '--workdir', str(root / 'eval'), f'--config.data.dir={data}',
+  return (['--config', 'configs/eval.py:nyu_v2', '--workdir', str(root / 'eval'), f'--config.data.dir={data}',
            f'--config.eval.checkpoint_dir={ckpt}'], [str(bad)])
 
 

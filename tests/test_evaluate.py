@@ -14,9 +14,9 @@ from PIL import Image
 import pytest
 
 from conftest import count_calls
-from dsr_jax.configs import eval_middlebury2005
 from dsr_jax.configs import test as test_config
 from dsr_jax import evaluate
+from dsr_jax.config_lib import load_config
 from dsr_jax import main as main_lib
 from dsr_jax import restore
 from dsr_jax.errors import ConfigError
@@ -56,8 +56,8 @@ def _tiny_dsr(scale, stages=2, seed=0, feat=8):
 
 @pytest.mark.parametrize('scale', [4, 8])
 def test_bicubic_middlebury2005_reproduces_paper(shared_data_dir, tmp_path, scale):
-  cfg = eval_middlebury2005.get_config()
-  cfg.model.name = 'bicubic'
+  cfg = load_config('eval:middlebury2005')
+  cfg.eval.baseline = 'bicubic'
   cfg.model.scale = scale
   cfg.data.dir = str(shared_data_dir)
   cfg.eval.images = scale == 8  # pictures once (they cost a few seconds)
@@ -101,8 +101,8 @@ def test_bicubic_middlebury2005_reproduces_paper(shared_data_dir, tmp_path, scal
 
 
 def test_bicubic_needs_explicit_scale(tmp_path):
-  cfg = eval_middlebury2005.get_config()
-  cfg.model.name = 'bicubic'
+  cfg = load_config('eval:middlebury2005')
+  cfg.eval.baseline = 'bicubic'
   with pytest.raises(ConfigError, match='model.scale=0'):
     evaluate.run(cfg, str(tmp_path))
 
@@ -219,6 +219,53 @@ def test_depth_metrics():
   m = evaluate.depth_metrics(gt * 1.3, gt, mask, 1e-3)
   assert m['delta1'] == 0.0 and m['delta2'] == 1.0 and m['abs_rel'] == pytest.approx(0.3)
   assert m['log10'] == pytest.approx(np.log10(1.3))
+
+
+def _batches(names, hr, lr):
+  """eval_dataset-like batches of one image each (the Evaluator's input), every image the same maps."""
+  one = lambda x: np.asarray(x, np.float32)[None, ..., None]
+  return [{'name': np.array([n], object), 'mask': np.ones(1, np.float32), 'norm': np.ones(1, np.float32),
+           'hr_depth': one(hr), 'lr_depth': one(lr), 'valid': one(np.ones_like(hr)),
+           'rgb': np.zeros((1, *hr.shape, 3), np.float32)} for n in names]
+
+
+def test_a_registered_metric_reaches_every_report(monkeypatch, tmp_path):
+  """Adding a metric is one registered function: the JSON, the Markdown table and the console line show it."""
+  monkeypatch.setitem(evaluate.METRICS, 'max_err', evaluate.Metric(
+      lambda p, g, m, peak: float(np.abs(p - g)[m].max()), 'max |error| ({unit})', 3, 'MAXERR'))
+  rng = np.random.default_rng(0)
+  hr = rng.random((16, 16))
+  ev = evaluate.Evaluator(_batches(['a', 'b'], hr, hr[::2, ::2]), evaluate.PROTOCOLS['synthetic_rgbd'], 2)
+  res = ev(lambda lr: np.kron(lr, np.ones((2, 2))), baseline=True)
+  want = float(np.abs(np.kron(hr[::2, ::2], np.ones((2, 2))) - hr).max())
+  assert res['per_scene']['a']['max_err'] == pytest.approx(want) and 'max_err' in res['bicubic']['mean']
+  result = {'dataset': 'synthetic_rgbd', 'scale': 2, 'model': 'dsrnet', 'step': 1, 'split': 'test',
+            'protocol': {'unit': 'u', 'reference': 'r'}, **res,
+            'files': {'json': str(tmp_path / 'x.json'), 'md': str(tmp_path / 'x.md')}}
+  md = evaluate.markdown(result)
+  assert '| Scene | MAD (u) | RMSE (u) | PSNR (dB) | SSIM | max |error| (u) |' in md
+  assert '| a | ' in md and f'{want:.3f} |' in md
+  assert f'MAXERR {want:.3f}' in evaluate.summary(result)
+
+
+def test_evaluator_keeps_repeated_names_and_scores_the_baseline_once():
+  hr = np.linspace(0, 1, 64).reshape(8, 8)
+  ev = evaluate.Evaluator(_batches(['x', 'x', 'y'], hr, hr[::2, ::2]), evaluate.PROTOCOLS['synthetic_rgbd'], 2,
+                          metrics=('mad',))
+  calls = []
+  res = ev(lambda lr: calls.append(1) or np.zeros((8, 8)), baseline=True)
+  assert list(res['per_scene']) == ['x', 'x#2', 'y'] and res['images'] == 3 and len(calls) == 3
+  assert set(res['mean']) == {'mad'} and res['mean']['mad'] == pytest.approx(hr.mean())
+  first = res['bicubic']
+  assert ev(lambda lr: np.zeros((8, 8)), baseline=True)['bicubic'] is first  # computed once per Evaluator
+
+
+def test_evaluator_without_images_is_one_line_error():
+  b = _batches(['a'], np.ones((8, 8)), np.ones((4, 4)))
+  b[0]['mask'][0] = 0
+  with pytest.raises(UserError, match=r"^data.val_name='v': split 'validation' has no image with valid depth$"):
+    evaluate.Evaluator(b, evaluate.PROTOCOLS['synthetic_rgbd'], 2,
+                       name="data.val_name='v': split 'validation'")(lambda lr: lr)
 
 
 # ---------------------------------------------------------------------------------- restore and eval

@@ -21,7 +21,7 @@ SCALES = (2, 4, 8, 16)
 
 
 def tiny_cfg(**kw):
-  base = dict(scale=4, channels=4, feat=8, stages=2, de_blocks=1, residual=True, bp_impl='polyphase',
+  base = dict(name='dsrnet', scale=4, channels=4, feat=8, stages=2, de_blocks=1, residual=True, bp_impl='polyphase',
               dtype='float32', use_denet=True, use_spnet=True, side_residual=False, teacher_input='rgb',
               teacher_residual=True)
   base.update(kw)
@@ -36,9 +36,9 @@ def test_dsrnet_shapes_odd_sizes(scale):
   out = m.apply(params, lr)
   chex.assert_shape(out, (2, 17 * scale, 23 * scale, 1))
   tr = m.apply(params, lr, train=True)
-  assert len(tr['feats']) == len(tr['sides']) == 2
-  chex.assert_shape(tr['feats'], (2, 17 * scale, 23 * scale, 4))
-  chex.assert_shape(tr['sides'], (2, 17 * scale, 23 * scale, 1))
+  assert len(tr.feats) == len(tr.sides) == 2
+  chex.assert_shape(tr.feats, (2, 17 * scale, 23 * scale, 4))
+  chex.assert_shape(tr.sides, (2, 17 * scale, 23 * scale, 1))
   # The test-time forward pass never runs the side heads: its graph has no op on their params.
   n_ops = lambda j: j.count('conv_general_dilated') + j.count('dot_general')
   infer = n_ops(str(jax.make_jaxpr(lambda p: m.apply(p, lr))(params)))
@@ -46,13 +46,39 @@ def test_dsrnet_shapes_odd_sizes(scale):
   assert infer + 2 * 2 == train  # two convs per side head, T = 2 heads
 
 
+@pytest.mark.parametrize('name', sorted(models.REGISTRY))
+def test_every_registered_network_keeps_the_contract(name):
+  """Each network inits from its own dummy inputs, has an integer receptive margin, and a depth network's
+  train-mode output is a NetOutput with one side output per feature map, at HR."""
+  cfg = tiny_cfg()
+  net = models.REGISTRY[name](cfg, jnp.float32)
+  inputs = net.dummy_inputs(3, cfg.scale)
+  params = net.init(jax.random.key(0), *inputs, train=True)
+  assert isinstance(net.receptive_margin(), int) and net.receptive_margin() > 0
+  out = net.apply(params, *inputs, train=True)
+  if name == 'spnet':
+    chex.assert_shape(out, (1, 3 * cfg.scale, 3 * cfg.scale, 1))
+    return
+  assert isinstance(out, models.NetOutput)
+  assert len(out.feats) == len(out.sides) == cfg.stages
+  chex.assert_shape(out.depth, (1, 3 * cfg.scale, 3 * cfg.scale, 1))
+  chex.assert_shape(list(out.sides), (1, 3 * cfg.scale, 3 * cfg.scale, 1))
+
+
+def test_unknown_network_name_is_one_line_error():
+  with pytest.raises(ConfigError, match=r"model.name='unet': expected one of 'dsrnet'"):
+    models.build(tiny_cfg(name='unet'))
+  with pytest.raises(ConfigError, match='eval.baseline=bicubic'):
+    models.build(tiny_cfg(name='bicubic'))
+
+
 def test_denet_spnet_shapes():
   ms = models.build(tiny_cfg())
   rgb = jnp.ones((2, 20, 28, 3))
   p = ms.denet.init(jax.random.key(0), rgb, train=True)
   out = ms.denet.apply(p, rgb, train=True)
-  chex.assert_shape(out['depth'], (2, 20, 28, 1))
-  chex.assert_shape(out['feats'], (2, 20, 28, 4))
+  chex.assert_shape(out.depth, (2, 20, 28, 1))
+  chex.assert_shape(out.feats, (2, 20, 28, 4))
   f = jnp.ones((2, 20, 28, 4))
   d = jnp.ones((2, 20, 28, 1))
   ps = ms.spnet.init(jax.random.key(1), f, f, d, d, d)

@@ -124,8 +124,8 @@ def test_struct_weights_spnet_unit_and_depth_nets_rho1():
   def l_struct(p):
     sr = models.dsr.apply({'params': p['dsr']}, b['lr_depth'], train=True)
     de = models.denet.apply({'params': p['denet']}, b['rgb'], b['lr_depth'], train=True)
-    s = models.spnet.apply({'params': p['spnet']}, sr['feats'][-1], de['feats'][-1],
-                           jax.lax.stop_gradient(sr['depth']), jax.lax.stop_gradient(de['depth']), b['hr_depth'])
+    s = models.spnet.apply({'params': p['spnet']}, sr.feats[-1], de.feats[-1],
+                           jax.lax.stop_gradient(sr.depth), jax.lax.stop_gradient(de.depth), b['hr_depth'])
     return losses.l1(s, losses.gradient_magnitude(b['hr_depth']), losses.gradient_valid(b['valid']))
   ref = jax.grad(l_struct)(params)
   for net, w in (('spnet', 1.0), ('dsr', 0.25), ('denet', 0.25)):
@@ -179,8 +179,8 @@ def test_rule1_side_outputs_carry_the_bicubic_residual(residual):
   b = _batch(cfg)
   out = models.dsr.apply({'params': _zero_last_side_conv(params['dsr'])}, b['lr_depth'], train=True)
   base = dsrnet.bicubic_upsample(b['lr_depth'], cfg.model.scale)
-  np.testing.assert_allclose(out['depth'], base, atol=1e-6)
-  for s in out['sides']:
+  np.testing.assert_allclose(out.depth, base, atol=1e-6)
+  for s in out.sides:
     np.testing.assert_allclose(s, base if residual else jnp.zeros_like(base), atol=1e-6)
 
 
@@ -193,11 +193,11 @@ def test_rule5_rgbd_teacher_sees_the_lr_and_adds_its_residual():
   zero = _zero_last_side_conv(params['denet'])
   out = models.denet.apply({'params': zero}, b['rgb'], b['lr_depth'], train=True)
   base = dsrnet.bicubic_upsample(b['lr_depth'], cfg.model.scale)
-  np.testing.assert_allclose(out['depth'], base, atol=1e-6)
+  np.testing.assert_allclose(out.depth, base, atol=1e-6)
   # The LR depth changes the teacher's output (it is an input, not just the residual).
   other = models.denet.apply({'params': params['denet']}, b['rgb'], 0.5 * b['lr_depth'], train=True)
   mine = models.denet.apply({'params': params['denet']}, b['rgb'], b['lr_depth'], train=True)
-  assert float(jnp.abs(other['feats'][-1] - mine['feats'][-1]).max()) > 0
+  assert float(jnp.abs(other.feats[-1] - mine.feats[-1]).max()) > 0
   rgb_cfg = _cfg('task')
   _, rgb_params = _params(rgb_cfg)
   assert rgb_params['denet']['shallow']['Conv_0']['kernel'].shape[2] == 3

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from dsr_jax.models import dsrnet
 from dsr_jax.models import layers
+from dsr_jax.models.output import NetOutput
 
 
 class ResBlock(nn.Module):
@@ -19,7 +20,7 @@ class ResBlock(nn.Module):
 
 
 class DENet(nn.Module):
-  """Input (B, H, W, 3) RGB in [0, 1]. Same output convention as DSRNet (dict when train=True).
+  """Input (B, H, W, 3) RGB in [0, 1]. Same output convention as DSRNet (a NetOutput when train=True).
 
   depth_input (Revision 2, rule 5, `model.teacher_input='rgbd'`): DENet also sees the bicubic-upsampled LR
   depth (B, H/s, W/s, 1), as a fourth input channel; with `residual` that upsampling is also added to its
@@ -41,6 +42,10 @@ class DENet(nn.Module):
   def receptive_margin(self) -> int:
     """Pixels of context it needs: the shallow block (2), two 3x3 convs per residual block, the output conv."""
     return 3 + 2 * int(self.stages) * int(self.blocks)
+
+  def dummy_inputs(self, lr_size: int, scale: int) -> tuple:
+    hr = lr_size * scale
+    return jnp.zeros((1, hr, hr, 3)), jnp.zeros((1, lr_size, lr_size, 1))
 
   @nn.compact
   def __call__(self, rgb, lr=None, train: bool = False):
@@ -64,4 +69,4 @@ class DENet(nn.Module):
              for n, f in enumerate(feats)]
     if add:
       sides = [d + base for d in sides]
-    return {'depth': out, 'feats': feats, 'sides': sides}
+    return NetOutput(depth=out, feats=tuple(feats), sides=tuple(sides))

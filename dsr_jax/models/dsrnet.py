@@ -4,21 +4,22 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dsr_jax import resize
 from dsr_jax.models import layers
+from dsr_jax.models.output import NetOutput
 
 
 def bicubic_upsample(x, scale: int):
   # The global residual is the same MATLAB-style bicubic as the bicubic baseline, so a zero output conv
   # reproduces the baseline exactly.
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  return degradation.upsample_bicubic(x, scale, xp=jnp)
+  return resize.upsample_bicubic(x, scale, xp=jnp)
 
 
 class DSRNet(nn.Module):
   """Input (B, h, w, 1) LR depth; output (B, s*h, s*w, 1).
 
-  With train=True it returns a dict: 'depth', 'feats' (the T HR feature maps F^n, HR layout, C channels)
-  and 'sides' (the T side outputs D^n_sr). With train=False it returns only the depth map.
+  With train=True it returns a NetOutput: depth, feats (the T HR feature maps F^n, HR layout, C channels)
+  and sides (the T side outputs D^n_sr). With train=False it returns only the depth map.
   """
   scale: int = 4
   channels: int = 64
@@ -37,6 +38,10 @@ class DSRNet(nn.Module):
     """LR pixels on each side of an output pixel's LR position that can change it: a bound the tiled
     inference (evaluate.run_windows) must give as context; derived in dsr_jax/evaluate.py's docstring."""
     return 6 * int(self.stages)
+
+  def dummy_inputs(self, lr_size: int, scale: int) -> tuple:
+    del scale  # its own
+    return (jnp.zeros((1, lr_size, lr_size, 1)),)
 
   @nn.compact
   def __call__(self, lr, train: bool = False):
@@ -61,7 +66,7 @@ class DSRNet(nn.Module):
              for n, f in enumerate(feats)]
     if base is not None and self.side_residual:
       sides = [d + base for d in sides]
-    return {'depth': out, 'feats': feats, 'sides': sides}
+    return NetOutput(depth=out, feats=tuple(feats), sides=tuple(sides))
 
 
 def validate(*, scale=None, channels=None, feat=None, stages=None, de_blocks=None, impl=None,

@@ -28,10 +28,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dsr_jax import resize
 from dsr_jax.errors import ConfigError
-from dsr_jax.input_pipeline import degradation
 
-SCALES = degradation.SCALES
+SCALES = resize.SCALES
 BP_IMPLS = ('polyphase', 'reference')
 _DN = ('NHWC', 'HWIO', 'NHWC')
 

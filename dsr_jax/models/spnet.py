@@ -17,8 +17,17 @@ class SPNet(nn.Module):
     dsrnet.validate(channels=self.channels)
     super().__post_init__()
 
+  def receptive_margin(self) -> int:
+    return 5  # five 3x3 convs
+
+  def dummy_inputs(self, lr_size: int, scale: int) -> tuple:
+    hr = lr_size * scale
+    f, d = jnp.zeros((1, hr, hr, self.channels)), jnp.zeros((1, hr, hr, 1))
+    return f, f, d, d, d
+
   @nn.compact
-  def __call__(self, f_sr, f_de, d_sr, d_de, d_hr):
+  def __call__(self, f_sr, f_de, d_sr, d_de, d_hr, train: bool = False):
+    del train  # no train/eval difference; accepted so that every network is initialised by one call
     c = self.channels
     u_sr = jax.nn.sigmoid(layers.Conv(c, 1, self.dtype, name='u_sr')(d_sr - d_hr))
     u_de = jax.nn.sigmoid(layers.Conv(c, 1, self.dtype, name='u_de')(d_de - d_hr))

@@ -1,7 +1,0 @@
-"""NYU Depth v2 (metres, DKN layout: nyu_v2/Depth/*.npy + RGB/*.jpg), x4."""
-from dsr_jax.configs import common
-
-
-def get_config(arg=None):
-  del arg
-  return common.real_data('nyu_v2', 4, crop=128)
