@@ -77,6 +77,8 @@ from dsr_jax import resize
 from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
+from dsr_jax.input_pipeline import readers
+from dsr_jax.protocol import Protocol
 
 BUCKET = 32
 BASELINES = ('', 'bicubic')  # eval.baseline: '' = the checkpoint's network
@@ -261,37 +263,8 @@ def estimate_depth(denet, params, rgb, *, tile: int = 0):
 # ------------------------------------------------------------------------------------------- protocols
 
 
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-  """How one dataset is scored.
-
-  Attributes:
-    unit: protocol unit of every metric.
-    factor: dataset unit -> protocol unit.
-    border: HR pixels removed on each side before scoring.
-    crop_multiple: crop the HR to a multiple of s before degrading it.
-    round_uint8: clip the prediction to [0, 255] and round it (Middlebury 2005).
-    all_pixels: score every pixel (else valid GT pixels only).
-    reference: where the protocol comes from.
-  """
-  unit: str
-  factor: float
-  border: int = 0
-  crop_multiple: bool = False
-  round_uint8: bool = False
-  all_pixels: bool = False
-  reference: str = ''
-
-
-PROTOCOLS = {
-    'middlebury2005': Protocol('0-255 disparity', 1.0, round_uint8=True, all_pixels=True,
-                               reference='Sun et al. CVPR 2021 Table 1; shared/data/README.md'),
-    'middlebury_lu': Protocol('0-255 disparity', 1.0, border=6, crop_multiple=True,
-                              reference='DKN/FDSR/DCTNet midd_calc_rmse'),
-    'nyu_v2': Protocol('cm', 100.0, border=6, reference='DKN/FDSR/DCTNet calc_rmse'),
-    'rgbdd': Protocol('cm', 0.1, reference='He et al. CVPR 2021 (RGB-D-D), no border crop'),
-    'synthetic_rgbd': Protocol('relative depth', 1.0, reference='project smoke tests'),
-}
+# One entry per dataset, from its DatasetSpec (input_pipeline/readers.py): adding a dataset adds its protocol.
+PROTOCOLS = {name: spec.protocol for name, spec in readers.DATASETS.items()}
 
 
 def protocol_for(dataset: str) -> Protocol:
@@ -823,7 +796,6 @@ def real_sensor(dsr, params, data_dir, scale: int) -> dict:
   3. RMSE in cm over the HR's valid pixels (the literature's RGB-D-D unit), no border crop.
   Returns {'per_scene': {name: {'rmse_cm', 'bicubic_rmse_cm'}}, 'mean': {...}, 'protocol': str}.
   """
-  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   norm = readers.dataset_info('rgbdd').norm
   per_scene = {}
   for rec in readers.list_records(data_dir, 'rgbdd', 'realscene'):

@@ -34,12 +34,13 @@ import logging
 import os
 import pathlib
 import re
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from dsr_jax.errors import DataError
+from dsr_jax.protocol import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,26 @@ _EXCLUDED_NUMBERS = frozenset(int(n.split('_')[1]) for n in MIDDLEBURY_LU_EXCLUD
 
 
 @dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """Per-dataset metadata.
+class DatasetSpec:
+  """Everything about one dataset: the readers, the TFDS builders (generated from these) and evaluation
+  read it. A dataset with an existing layout is one entry of DATASETS.
 
   Attributes:
-    unit: unit of 'depth': 'disparity_0_255', 'mm' or 'm'.
+    unit: unit of 'depth': 'disparity_0_255', 'mm', 'm' or 'relative'.
     norm: constant with depth / norm in [0, 1].
     splits: split names `list_records` accepts.
     layout: the expected manual-directory layout, relative to data.dir (quoted in error messages).
+    protocol: how evaluation scores it (dsr_jax/protocol.py).
+    description: one line for the TFDS builder.
+    lister: (root, split) -> sorted records of that split; None for a generated dataset.
   """
   unit: str
   norm: float
   splits: tuple[str, ...]
   layout: str
+  protocol: Protocol
+  description: str = ''
+  lister: Callable[[pathlib.Path, str], list] | None = None
 
   @property
   def convention(self) -> str:
@@ -76,31 +84,48 @@ class DatasetInfo:
 
 
 DATASETS = {
-    'middlebury_lu': DatasetInfo(
+    'middlebury_lu': DatasetSpec(
         unit='disparity_0_255', norm=255.0, splits=('train', 'validation', 'test'),
         layout=('middlebury_lu/Middlebury/{Depth/Middlebury_XX_output_depth.png,'
                 'RGB/Middlebury_XX_output_color.png} and '
                 'middlebury_lu/Lu/{Depth/RGBD_0X_output_depth.png,RGB/RGBD_0X_ouput_color.png}, '
-                '8-bit disparity')),
-    'middlebury2005': DatasetInfo(
+                '8-bit disparity'),
+        protocol=Protocol('0-255 disparity', 1.0, border=6, crop_multiple=True,
+                          reference='DKN/FDSR/DCTNet midd_calc_rmse'),
+        description='Middlebury (Lu et al. 2014 third-size copies, minus the benchmark scenes) + Lu: '
+                    'train/validation/test.',
+        lister=lambda root, split: _list_middlebury_lu_split(root, split)),
+    'middlebury2005': DatasetSpec(
         unit='disparity_0_255', norm=255.0, splits=('test',),
-        layout='middlebury2005/{depth/SCENE.bmp,rgb/SCENE.png}, 8-bit disparity'),
-    'rgbdd': DatasetInfo(
+        layout='middlebury2005/{depth/SCENE.bmp,rgb/SCENE.png}, 8-bit disparity',
+        protocol=Protocol('0-255 disparity', 1.0, round_uint8=True, all_pixels=True,
+                          reference='Sun et al. CVPR 2021 Table 1; shared/data/README.md'),
+        description='The six Middlebury 2005 benchmark scenes (test only).',
+        lister=lambda root, split: _list_middlebury2005(root)),
+    'rgbdd': DatasetSpec(
         unit='mm', norm=4000.0, splits=('train', 'validation', 'test', 'full', 'realscene'),
         layout=('rgbdd/{Depth/ID_HR_gt.png,RGB/ID_RGB.jpg} (16-bit mm), optional '
-                'rgbdd/realscene/{Depth/ID_HR_gt.png,DepthLR/ID_LR_fill_depth.png,RGB/ID_RGB.jpg}')),
-    'nyu_v2': DatasetInfo(
+                'rgbdd/realscene/{Depth/ID_HR_gt.png,DepthLR/ID_LR_fill_depth.png,RGB/ID_RGB.jpg}'),
+        protocol=Protocol('cm', 0.1, reference='He et al. CVPR 2021 (RGB-D-D), no border crop'),
+        description='RGB-D-D time-of-flight depth (mm): train/validation/test/full/realscene.',
+        lister=lambda root, split: _list_rgbdd(root, split)),
+    'nyu_v2': DatasetSpec(
         unit='m', norm=10.0, splits=('train', 'validation', 'test'),
         layout=('nyu_v2/{Depth/ID.npy,RGB/ID.jpg} (or nyu_v2_samples/), float32 metres, '
-                'numeric ids: < 1000 train, >= 1000 test')),
+                'numeric ids: < 1000 train, >= 1000 test'),
+        protocol=Protocol('cm', 100.0, border=6, reference='DKN/FDSR/DCTNet calc_rmse'),
+        description='NYU Depth v2 in the DKN layout (metres).',
+        lister=lambda root, split: _list_nyu_v2(root, split)),
 }
 
 # Datasets read from files by this module (the synthetic one is procedural, input_pipeline/synthetic.py).
 MANUAL_DATASETS = tuple(sorted(DATASETS))
 
-DATASETS[SYNTHETIC] = DatasetInfo(
+DATASETS[SYNTHETIC] = DatasetSpec(
     unit='relative', norm=1.0, splits=('train', 'validation', 'test'),
-    layout='procedural scenes (input_pipeline/synthetic.py), depth in [0.05, 1]; no files')
+    layout='procedural scenes (input_pipeline/synthetic.py), depth in [0.05, 1]; no files',
+    protocol=Protocol('relative depth', 1.0, reference='project smoke tests'),
+    description='Procedural scenes (input_pipeline/synthetic.py) at fixed counts and size.')
 
 KNOWN_DATASETS = tuple(sorted(DATASETS))
 
@@ -143,7 +168,7 @@ def parse_mix(value: str) -> list[tuple[str, int]]:
   return mix
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def dataset_info(name: str) -> DatasetSpec:
   """Metadata of any known dataset (manual or synthetic); DataError for unknown names."""
   if name not in DATASETS:
     raise unknown_dataset_error(name)
@@ -210,6 +235,11 @@ def _list_middlebury_lu(root: pathlib.Path) -> list[Record]:
     rgb = _first_existing([lu_rgb / f'{scene}_ouput_color.png', lu_rgb / f'{scene}_output_color.png'])
     records.append(Record(name, scene, str(path), str(rgb)))
   return sorted(records, key=lambda r: r.name)
+
+
+def _list_middlebury_lu_split(root: pathlib.Path, split: str) -> list[Record]:
+  held_out = split in ('validation', 'test')
+  return [r for i, r in enumerate(_list_middlebury_lu(root)) if (i % 8 == 4) == held_out]
 
 
 def _list_middlebury2005(root: pathlib.Path) -> list[Record]:
@@ -306,16 +336,7 @@ def list_records(data_dir: str | os.PathLike, name: str, split: str,
   if split not in info.splits:
     raise DataError(f"dataset {name!r} has no split {split!r} (splits: {', '.join(info.splits)})")
   root = pathlib.Path(data_dir)
-  if name == 'middlebury_lu':
-    eligible = _list_middlebury_lu(root)
-    held_out = split in ('validation', 'test')
-    records = [r for i, r in enumerate(eligible) if (i % 8 == 4) == held_out]
-  elif name == 'middlebury2005':
-    records = _list_middlebury2005(root)
-  elif name == 'rgbdd':
-    records = _list_rgbdd(root, split)
-  else:
-    records = _list_nyu_v2(root, split)
+  records = info.lister(root, split)
   if not records and not allow_empty:
     raise DataError(f'data.dir {root}: split {split!r} of {name} is empty (expected the {name} layout: '
                     f'{info.layout})')

@@ -121,26 +121,6 @@ def manual_splits(root, name: str) -> dict:
   return splits
 
 
-class MiddleburyLu(_ManualBuilder):
-  """Middlebury (Lu et al. 2014 third-size copies, minus the benchmark scenes) + Lu: train/validation."""
-  name = 'middlebury_lu'
-
-
-class Middlebury2005(_ManualBuilder):
-  """The six Middlebury 2005 benchmark scenes (test only)."""
-  name = 'middlebury2005'
-
-
-class Rgbdd(_ManualBuilder):
-  """RGB-D-D time-of-flight depth (mm): train/validation/test/full/realscene."""
-  name = 'rgbdd'
-
-
-class NyuV2(_ManualBuilder):
-  """NYU Depth v2 in the DKN layout (metres)."""
-  name = 'nyu_v2'
-
-
 class SyntheticRgbd(_Builder):
   """Procedural scenes (input_pipeline/synthetic.py) at fixed counts and size, seeds as sources.py uses."""
   name = 'synthetic_rgbd'
@@ -165,7 +145,15 @@ class SyntheticRgbd(_Builder):
       yield example['name'], example
 
 
-BUILDERS = {cls.name: cls for cls in (MiddleburyLu, Middlebury2005, Rgbdd, NyuV2, SyntheticRgbd)}
+def _manual_builder(name: str):
+  """The TFDS builder of one file-backed dataset, generated from its readers.DatasetSpec."""
+  cls_name = ''.join(part.capitalize() for part in name.split('_'))
+  return type(cls_name, (_ManualBuilder,), {'name': name, '__doc__': readers.DATASETS[name].description,
+                                            '__module__': __name__})
+
+
+BUILDERS = {name: _manual_builder(name) for name in readers.MANUAL_DATASETS}
+BUILDERS[SyntheticRgbd.name] = SyntheticRgbd
 
 
 def _prepare(cls, data_dir: str, config: dict):
