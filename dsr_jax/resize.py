@@ -135,8 +135,8 @@ def resize(x, scale_h: float, scale_w: float, method: str = 'bicubic', xp=np):
     raise ValueError(f'resize: expected (H, W) or (..., H, W, C), got shape {x.shape}')
   if xp is np:
     # Host path: gather the few taps and sum them (banded), not a dense matmul. It does less work and,
-    # unlike BLAS, never spawns threads: OpenBLAS threads inside grain's reader threads thrash a small
-    # machine (measured 10x slower on 2 cores).
+    # unlike BLAS, never spawns threads, which would compete with grain's reader threads (BENCHMARKS.md,
+    # "Measurements behind code choices").
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
       x = x.astype(np.float64)

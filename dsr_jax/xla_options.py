@@ -1,9 +1,7 @@
 """Per-compilation XLA options for the project's jitted functions (train step, inference).
 
-On CPU, XLA 0.10 runs convolutions through YNNPACK by default. Measured on the 2-core CI machine
-(BENCHMARKS.md): the same programs with Eigen convolutions run the stage-2 train step ~9 % faster and x8
-DSRNet inference ~30 % faster, mainly because YNNPACK's weight-gradient convolutions are slow (a 3x3
-256 -> 256 weight gradient at 4x128x128: 3.1 s vs 0.5 s). The choice is passed per compilation
+On CPU, XLA 0.10 runs convolutions through YNNPACK by default, and its weight-gradient convolutions are
+slow: Eigen's run our train step and inference faster (BENCHMARKS.md). The choice is passed per compilation
 (`jax.jit(..., compiler_options=...)`), not through XLA_FLAGS, so it touches only our programs and
 never the user's; where XLA does not know the option (another jax version), it is dropped with a warning.
 """

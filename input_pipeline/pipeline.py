@@ -117,10 +117,9 @@ class SkipAllInvalid(grain.MapDataset):
 class EpochShuffle(grain.MapDataset):
   """Global shuffle, reshuffled every epoch (index // len); a drop-in for `MapDataset.shuffle`.
 
-  grain's `shuffle` maps every index through `index_shuffle`, which costs ~1 ms per call on small
-  datasets (measured: 26 elements, grain 0.2.18), i.e. it alone capped the pipeline near 1000 samples/s
-  on one core. Here each epoch's permutation is drawn once, np.random.default_rng([seed, epoch]), and
-  looked up; it is still a pure function of (seed, index), so restores and worker slices are exact.
+  grain's `shuffle` maps every index through `index_shuffle`, whose per-call cost on small datasets
+  capped the pipeline (BENCHMARKS.md). Here each epoch's permutation is drawn once,
+  np.random.default_rng([seed, epoch]), and looked up; it is still a pure function of (seed, index), so restores and worker slices are exact.
   """
 
   def __init__(self, parent: grain.MapDataset, *, seed: int):

@@ -130,7 +130,7 @@ def deconv_groups(x, kernel, s: int):
   read 2 + 1*(s-4) + 2 = s + 4 = k taps per axis), so the multiply-adds equal the transposed conv's
   useful ones at every scale (the dense 3x3 phase conv would do 9s^2 / k^2 times more: 2.25x at x4).
   The groups stay separate arrays: the strided conv that follows reads each one whole, so no slice or
-  concatenation copies an HR-sized map (measured: those copies were ~10 % of the train step on CPU).
+  concatenation copies an HR-sized map (BENCHMARKS.md, "Measurements behind code choices").
   """
   return [conv(x, _group_kernel(kernel, s, ry, jy, rx, jx, True), padding=(_pad_for(jy), _pad_for(jx)))
           for ry, jy, rx, jx in _group_index(s)]
@@ -221,9 +221,8 @@ class Conv(nn.Module):
 
   `x` may be a list of arrays, meaning their channel concatenation (same parameters, same result): each
   part is convolved with its slice of the kernel and the results summed. The concatenated map is never
-  built, and no input gradient is formed for a part that is a constant (a frozen teacher's features).
-  Measured on the CPU train step: no change in step time (two 64-channel weight gradients cost about what
-  one 128-channel one did), but one HR-sized map less in memory per use.
+  built, and no input gradient is formed for a part that is a constant (a frozen teacher's features):
+  one HR-sized map less in memory per use, at the same step time (BENCHMARKS.md).
   """
   features: int
   kernel_size: int = 3
