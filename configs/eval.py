@@ -10,8 +10,9 @@
   rgbdd           RGB-D-D (RMSE in cm, no border crop); the held-out part of the 405 pairs
 """
 from dsr_jax.configs import default
+from dsr_jax.input_pipeline import readers
 
-ARGS = ('middlebury2005', 'middlebury_lu', 'nyu_v2', 'rgbdd')
+ARGS = readers.MANUAL_DATASETS  # every file-backed DatasetSpec (its protocol comes with it)
 
 
 def get_config(arg=None):

@@ -7,8 +7,10 @@ configs/eval.py:middlebury2005), nyu_v2 (metres, DKN layout: nyu_v2/Depth/*.npy 
 (time-of-flight depth, mm). Scales x2, x4, x8, x16; HR crops 128 up to x4, 256 above. Default: middlebury_lu,x4.
 """
 from dsr_jax.configs import common
+from dsr_jax.input_pipeline import readers
 
-DATASETS = ('middlebury_lu', 'nyu_v2', 'rgbdd')
+# The file-backed datasets with a training split (readers.DATASETS): a new DatasetSpec appears here too.
+DATASETS = tuple(n for n in readers.MANUAL_DATASETS if 'train' in readers.DATASETS[n].splits)
 SCALES = (2, 4, 8, 16)
 ARGS = tuple(f'{d},x{s}' for d in DATASETS for s in SCALES)  # every variant (tests load each)
 
