@@ -8,6 +8,15 @@ import pytest
 
 from dsr_jax import bench
 
+
+@pytest.fixture(autouse=True)
+def _fast_xla_here_and_in_children(fast_xla, monkeypatch):
+  """Most XLA optimisations off, in this process (fast_xla) and in the `python -m dsr_jax.bench` children of
+  compare and the suite (the env var, read when they import jax). Nothing here checks a speed: the JSON's
+  fields, the flags each side receives, bf16 against float32 (both compiled alike) and the error lines are
+  what they are at any optimisation level; only the compiles get 2-3x cheaper."""
+  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+
 TINY = ['--scale', '2', '--stages', '2', '--channels', '4', '--feat', '8', '--de-blocks', '1',
         '--affinity-pool', '4', '--batch', '2', '--hr', '16', '--iters', '2']
 

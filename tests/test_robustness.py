@@ -44,8 +44,13 @@ def env(tmp_path_factory):
 
 
 def _cmd(workdir, *extra):
+  # No per-term gradient diagnostics and no mid-run image summaries: both are logging-only functions compiled
+  # beside the train step (they never touch the state), and tracing them cost about a third of every run. The
+  # checkpoint, resume and error paths tested here are the same without them (conftest's `ckpt` run, with
+  # both on, covers them).
   return [sys.executable, '-m', 'dsr_jax.main', '--config', 'configs/test.py', '--workdir', str(workdir),
-          f'--config.train.num_steps={STEPS}', f'--config.ckpt.every_steps={EVERY}', *extra]
+          f'--config.train.num_steps={STEPS}', '--config.train.grad_diagnostics=False',
+          '--config.train.image_every=100', f'--config.ckpt.every_steps={EVERY}', *extra]
 
 
 def _run(cmd, env, log: pathlib.Path):
@@ -135,12 +140,18 @@ def _snapshot(path) -> dict:
 
 
 def _truncate_largest_params_file(step_dir: pathlib.Path) -> pathlib.Path:
-  """Truncates the largest array data file (orbax/OCDBT keeps those under .../d/) of `params`."""
+  """Truncates `params`' array data files (orbax/OCDBT keeps those under .../d/) to a third; returns the largest.
+
+  Every one of them, not the largest alone: OCDBT can leave a data file that the manifest no longer references
+  (seen: step 9's largest file truncated and the step still restored), and then the checkpoint was not
+  unreadable at all. With all of them cut the step is unreadable whatever the layout.
+  """
   files = [p for p in (step_dir / 'params').rglob('*') if p.is_file()]
   data = [p for p in files if p.parent.name == 'd'] or files
   target = max(data, key=lambda p: p.stat().st_size)
-  with open(target, 'r+b') as f:
-    f.truncate(target.stat().st_size // 3)
+  for path in data:
+    with open(path, 'r+b') as f:
+      f.truncate(path.stat().st_size // 3)
   return target
 
 
@@ -164,7 +175,10 @@ def reference(tmp_path_factory, env):
   return wd
 
 
-def test_sigkill_at_three_points_then_resume_is_bit_identical(reference, env, tmp_path):
+def test_sigkill_at_two_points_then_resume_is_bit_identical(reference, env, tmp_path):
+  # Two kill points, one per distinct state on disk: a save half written (orbax's temporary directory left
+  # behind) and a save just committed. A third point (mid-save of the final step 12) hit the same path as the
+  # first (a stale temporary directory of the very step the resumed run saves again) and cost a whole run.
   wd = tmp_path / 'work'
   cmd = _cmd(wd)
 
@@ -181,17 +195,12 @@ def test_sigkill_at_three_points_then_resume_is_bit_identical(reference, env, tm
   assert 'resumed from step 3' in (tmp_path / 'run2.log').read_text()
   assert max(_committed(wd)) == 6, _steps(wd)
 
-  # 3. During the save of the final step 12.
-  _kill_when(cmd, env, tmp_path / 'run3.log', lambda: _saving(wd, 12), 'mid-save of step 12')
-  assert 'resumed from step 6' in (tmp_path / 'run3.log').read_text()
-  assert max(_committed(wd)) == 9, _steps(wd)
-
   # The same command once more finishes the run.
-  rc, out, err = _run(cmd, env, tmp_path / 'run4.log')
+  rc, out, err = _run(cmd, env, tmp_path / 'run3.log')
   assert rc == 0, err[-3000:]
-  assert 'resumed from step 9' in out and f'done: step {STEPS}' in out
+  assert 'resumed from step 6' in out and f'done: step {STEPS}' in out
   assert _steps(wd) == ['6', '9', '12'], 'stale temporary checkpoint directories left behind'
-  for step in (6, 9, 12):  # each checkpoint came from a different run segment
+  for step in (6, 9, 12):  # 6 from the second run segment, 9 and 12 from the third
     _assert_same_checkpoint(reference, wd, step)
 
 
