@@ -736,7 +736,8 @@ def run(config, workdir: str) -> dict:
       images.discard()
     raise
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
-            'checkpoint': info.get('dir', ''), 'step': info.get('step'),
+            'checkpoint': shown_path(info.get('dir', ''), str(config.eval.checkpoint_dir)),
+            'step': info.get('step'),
             'tile': int(tile), 'overlap': int(overlap), 'ensemble': ensemble,
             'protocol': dataclasses.asdict(proto), **result}
   if dataset == 'middlebury2005':
@@ -751,6 +752,18 @@ def run(config, workdir: str) -> dict:
     files['images'] = images.finish()
   result['files'] = files
   return result
+
+
+def shown_path(step_dir: str, given: str) -> str:
+  """The checkpoint path a report records: relative when the user gave a relative path under the cwd.
+
+  Restoring needs the absolute path, but a report written into the repository (the shipped ones) should
+  not carry this machine's directory layout.
+  """
+  if not step_dir or os.path.isabs(os.path.expanduser(given)):
+    return step_dir
+  rel = os.path.relpath(step_dir)
+  return step_dir if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 def report_files(workdir: str, dataset: str, scale: int, name: str, checkpoint: str) -> dict:

@@ -305,6 +305,18 @@ def test_load_for_inference_single_device(ckpt):
   jax.tree.map(np.testing.assert_array_equal, both['dsr'], params)
 
 
+def test_report_records_the_checkpoint_path_as_given(tmp_path, monkeypatch):
+  # A report written into the repository (the shipped ones) must not carry this machine's layout.
+  monkeypatch.chdir(tmp_path)
+  step_dir = str(tmp_path / 'checkpoints' / 'dsrnet_x4' / '9000')
+  assert evaluate.shown_path(step_dir, 'checkpoints/dsrnet_x4') == os.path.join('checkpoints', 'dsrnet_x4',
+                                                                               '9000')
+  assert evaluate.shown_path(step_dir, step_dir) == step_dir
+  outside = str(tmp_path.parent / 'elsewhere' / '8')  # relative, but resolved outside the cwd
+  assert evaluate.shown_path(outside, '../elsewhere') == outside
+  assert evaluate.shown_path('', '') == ''
+
+
 def test_eval_checkpoint_scale_mismatch(ckpt, tmp_path, capsys):
   cfg = _eval_config(ckpt)
   cfg.model.scale = 4

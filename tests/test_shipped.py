@@ -1,6 +1,7 @@
 """The DSRNet checkpoints shipped in checkpoints/: small, loadable, usable by predict, and they still score
 what their recorded evaluation (checkpoints/dsrnet_x<s>/eval_middlebury2005.json, written by eval mode when
 the checkpoint was exported) says on Middlebury 2005."""
+import hashlib
 import json
 import pathlib
 
@@ -75,3 +76,11 @@ def test_weights_by_name_are_verified_against_their_sha256(path, tmp_path):
   target.write_bytes(bytes(data))
   with pytest.raises(restore.UserError, match='sha256 differs'):
     restore.verify_sums(copy)
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=lambda p: p.name)
+def test_model_card_quotes_the_sha256_of_each_sums_list(path):
+  # The card pins every file through the sha256 of SHA256SUMS; a hand-copied value must follow a re-export.
+  card = (REPO / 'checkpoints' / 'README.md').read_text()
+  digest = hashlib.sha256((path / restore.SUMS).read_bytes()).hexdigest()
+  assert f'{path.name}/{restore.SUMS} `{digest}`' in card, f'checkpoints/README.md: {path.name} sha256'
