@@ -70,7 +70,8 @@ def row_spec(row: str, scale: int):
 
 
 def _step_overrides(steps: int) -> dict:
-  """A shorter (or longer) study keeps the preset's proportions: stage 1 a third, 15 rounds, 6 validations."""
+  """A shorter (or longer) study keeps the preset's proportions: stage 1 a third, rounds of a fifteenth (10 in
+  stage 2), 6 validations."""
   if not steps:
     return {}
   return {'train.num_steps': steps, 'train.stage1_steps': steps // 3, 'train.round_steps': max(steps // 15, 1),
@@ -150,6 +151,34 @@ def real_sensor(checkpoint: str, data_dir: str) -> dict:
   return evaluate.real_sensor(models_lib.build(cfg.model).dsr, params, str(root), int(cfg.model.scale))
 
 
+def _get(cfg, dotted: str):
+  for part in dotted.split('.'):
+    cfg = cfg[part]
+  return cfg
+
+
+def check_resumable(workdir: str, cfg, keys) -> None:
+  """Refuses to carry on a training workdir that a different run (steps, scale, row, seed) left there.
+
+  Training resumes from any checkpoint whose parameter shapes fit, so a 9000-step run pointed at a 3000-step
+  run's workdir would silently continue it and be stored as a 9000-step result.
+  """
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  ckpt_dir = os.path.join(workdir, restore.CKPT_DIR)
+  steps = restore.saved_steps(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    return
+  old = restore.read_config(ckpt_dir, steps[-1])
+  for key in ['model.scale', 'train.num_steps', *keys]:
+    try:
+      was = _get(old, key)
+    except (KeyError, AttributeError):
+      was = None
+    if was != _get(cfg, key):
+      raise errors.UserError(f'{workdir}: holds a run with {key}={was!r}, not {_get(cfg, key)!r}; give another '
+                             '--runs (or remove that workdir)')
+
+
 def run_one(row: str, seed: int, a) -> dict:
   out_dir = os.path.join(a.out, f'{row}_s{seed}')
   result_path = os.path.join(out_dir, 'result.json')
@@ -163,13 +192,14 @@ def run_one(row: str, seed: int, a) -> dict:
       raise errors.UserError(f'{result_path}: holds a run at {got}, not {want}; give another --out')
     return done
   workdir = os.path.abspath(os.path.join(a.runs, f'{row}_s{seed}'))
-  os.makedirs(workdir, exist_ok=True)
-  log = os.path.join(workdir, 'study.log')
   settings = {'seed': seed, **overrides, **_step_overrides(a.steps)}
   if a.data_dir:
     settings['data.dir'] = a.data_dir
   from dsr_jax.config_lib import load_config  # pylint: disable=g-import-not-at-top
   cfg = load_config(os.path.join(REPO, 'configs', 'cpu_real.py'), arg, **settings)  # the config as run
+  check_resumable(workdir, cfg, [k for k in settings if k != 'data.dir'])
+  os.makedirs(workdir, exist_ok=True)
+  log = os.path.join(workdir, 'study.log')
   flags = [_flag(k, v) for k, v in settings.items()]
   nice = ['nice', '-n', str(a.nice)] if a.nice else []
   t0 = time.time()
@@ -304,7 +334,7 @@ def build_parser():
   p.add_argument('--scale', type=int, default=4, choices=[2, 4, 8, 16])
   p.add_argument('--out', default='', help='where results are stored, committed (default results/ct_study at x4, '
                  'results/ct_study_x<scale> otherwise)')
-  p.add_argument('--runs', default='', help='training workdirs, not committed (default runs/ct_study[_x<scale>])')
+  p.add_argument('--runs', default='', help='training workdirs, not committed (default runs/<the name of --out>)')
   p.add_argument('--data-dir', default='', help='the data directory (default: $DSR_DATA_DIR)')
   p.add_argument('--steps', type=int, default=0, help='override train.num_steps (0 = the preset)')
   p.add_argument('--nice', type=int, default=10, help='niceness of the training processes (0 = none)')
@@ -313,11 +343,15 @@ def build_parser():
   return p
 
 
-def main(argv=None) -> int:
-  a = build_parser().parse_args(argv)
+def default_dirs(a):
   suffix = '' if a.scale == 4 else f'_x{a.scale}'
   a.out = a.out or f'results/ct_study{suffix}'
-  a.runs = a.runs or f'runs/ct_study{suffix}'
+  a.runs = a.runs or os.path.join('runs', os.path.basename(os.path.normpath(a.out)))
+  return a
+
+
+def main(argv=None) -> int:
+  a = default_dirs(build_parser().parse_args(argv))
   try:
     seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
   except ValueError:

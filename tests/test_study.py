@@ -1,6 +1,7 @@
 """dsr_jax.study: rows, the table written from stored results only, skipping finished runs; the real-sensor
 protocol of evaluate.real_sensor."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -65,6 +66,29 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
   args.steps = 300  # a stored run of another length is refused, not reused
   with pytest.raises(errors.UserError, match='not .*300'):
     study.run_one('A', 0, args)
+
+
+CPU_REAL = os.path.join(study.REPO, 'configs', 'cpu_real.py')
+
+
+def test_a_workdir_left_by_another_run_is_not_resumed(tmp_path, monkeypatch):
+  from dsr_jax import restore
+  from dsr_jax.config_lib import load_config
+  cfg = load_config(CPU_REAL, 'x4,wo_ct', seed=0, **study._step_overrides(9000))
+  study.check_resumable(str(tmp_path / 'fresh'), cfg, ['seed'])  # nothing there yet
+  (tmp_path / 'A_s0' / restore.CKPT_DIR / '3000').mkdir(parents=True)
+  old = load_config(CPU_REAL, 'x4,wo_ct', seed=0)  # the 3000-step preset
+  monkeypatch.setattr(restore, 'read_config', lambda d, step: old if step == 3000 else pytest.fail(step))
+  with pytest.raises(errors.UserError, match=r'A_s0: holds a run with train.num_steps=3000, not 9000'):
+    study.check_resumable(str(tmp_path / 'A_s0'), cfg, ['seed'])
+  study.check_resumable(str(tmp_path / 'A_s0'), old, ['seed'])  # the same run carries on
+  other_seed = load_config(CPU_REAL, 'x4,wo_ct', seed=1)
+  with pytest.raises(errors.UserError, match='seed=0, not 1'):
+    study.check_resumable(str(tmp_path / 'A_s0'), other_seed, ['seed'])
+  # The default --runs follows --out, so a 9000-step study never lands in the 3000-step one's workdirs.
+  parse = lambda *argv: study.default_dirs(study.build_parser().parse_args(list(argv)))
+  assert parse('--out', 'results/ct_study_9k').runs == os.path.join('runs', 'ct_study_9k')
+  assert parse().runs == os.path.join('runs', 'ct_study') and parse('--scale', '8').out == 'results/ct_study_x8'
 
 
 def test_real_sensor_protocol_bicubic_identity(shared_data_dir):
