@@ -388,6 +388,12 @@ def _crop(x, border: int):
   return x[border:-border, border:-border] if border else x
 
 
+def in_protocol_units(pred_norm, norm: float, proto: Protocol) -> np.ndarray:
+  """A normalised prediction as the protocol scores it: its units, its border crop, its uint8 rounding."""
+  pred = _crop(np.asarray(pred_norm, np.float64) * (float(norm) * proto.factor), proto.border)
+  return np.round(np.clip(pred, 0, 255)) if proto.round_uint8 else pred
+
+
 def score_image(pred_norm, hr_norm, valid, norm: float, proto: Protocol, names=None) -> tuple[dict, tuple]:
   """Scores one normalised prediction against its normalised GT under `proto` (`names`: of METRICS; all).
 
@@ -395,12 +401,9 @@ def score_image(pred_norm, hr_norm, valid, norm: float, proto: Protocol, names=N
     (metrics, (pred, gt, mask, peak)) with the maps in protocol units after the border crop.
   """
   f = float(norm) * proto.factor
-  pred = np.asarray(pred_norm, np.float64) * f
-  gt = np.asarray(hr_norm, np.float64) * f
-  mask = np.ones(gt.shape, bool) if proto.all_pixels else np.asarray(valid) > 0
-  pred, gt, mask = (_crop(z, proto.border) for z in (pred, gt, mask))
-  if proto.round_uint8:
-    pred = np.round(np.clip(pred, 0, 255))
+  pred = in_protocol_units(pred_norm, norm, proto)
+  gt = _crop(np.asarray(hr_norm, np.float64) * f, proto.border)
+  mask = _crop(np.ones(np.shape(hr_norm), bool) if proto.all_pixels else np.asarray(valid) > 0, proto.border)
   peak = f  # depth / norm lies in [0, 1], so the norm is the data range
   return sr_metrics(pred, gt, mask, peak, names), (pred, gt, mask, peak)
 
@@ -438,7 +441,7 @@ class SceneImages:
   view (<scene>_color.png, viridis over the GT's range) and an error map (<scene>_error.png, |SR - GT| in
   protocol units, inferno from 0 to the scene's 99th percentile, unscored pixels black); and figure.png:
   LR | bicubic | ours | GT | error for the first `figure_scenes` scenes, one row each, and
-  <scene>_panel.png, that row alone."""
+  <scene>_panel.png, that row alone (index.json holds the MADs its titles show)."""
 
   def __init__(self, directory: str, dataset: str, scale: int, proto, figure_scenes: int):
     import tempfile  # pylint: disable=g-import-not-at-top
@@ -472,7 +475,9 @@ class SceneImages:
       f = float(norm) * self.proto.factor
       to_proto = lambda x: _crop(np.asarray(x, np.float64)[:h, :w] * f, self.proto.border)
       s = self.scale
-      bic = to_proto(resize.upsample_bicubic(np.asarray(lr_norm, np.float64), s))
+      # Scored as the protocol scores ours (rounding included), so the panel's MADs match the reports'.
+      bic = in_protocol_units(resize.upsample_bicubic(np.asarray(lr_norm, np.float64), s)[:h, :w], norm,
+                              self.proto)
       lr_up = to_proto(np.kron(np.asarray(lr_norm, np.float64), np.ones((s, s))))
       row = {'name': _title(name), 'lr_up': lr_up, 'bicubic': bic, 'ours': pred, 'gt': gt, 'mask': mask,
              'mad_bicubic': float(np.abs(bic - gt)[mask].mean()) if mask.any() else float('nan'),
@@ -480,6 +485,7 @@ class SceneImages:
       pictures.comparison_figure([row], self._path(name, 'panel'), f'{self.dataset} {_title(name)}, x{s}',
                                  self.proto.unit)
       self.rows.append(row)
+      self.index[name].update(panel_mad_bicubic=row['mad_bicubic'], panel_mad_ours=row['mad_ours'])
 
   def finish(self) -> dict:
     """Writes the index and the figure, then puts the directory in place (replacing an earlier one)."""

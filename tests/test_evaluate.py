@@ -84,6 +84,9 @@ def test_bicubic_middlebury2005_reproduces_paper(shared_data_dir, tmp_path, scal
   index = json.loads((pics / 'index.json').read_text())['scenes']
   assert set(index) == set(evaluate.SCENES_2005)
   assert sorted(p.name for p in pics.glob('*_panel.png')) == ['art_panel.png', 'books_panel.png']
+  for scene in ('art', 'books'):  # a panel's MADs are the report's: here both columns are bicubic
+    for key in ('panel_mad_bicubic', 'panel_mad_ours'):
+      assert index[scene][key] == pytest.approx(res['per_scene'][scene]['mad'], abs=1e-9), (scene, key)
   for scene in evaluate.SCENES_2005:
     sr = np.asarray(Image.open(pics / f'{scene}_sr.png'))
     colour = np.asarray(Image.open(pics / f'{scene}_color.png'))
