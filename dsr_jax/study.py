@@ -282,10 +282,7 @@ def table(rows: dict) -> str:
                  f'{_pm([m["mean"]["mad"] for m in mb])} | {_pm([m["mean"]["rmse"] for m in mb], 3)} | '
                  + ' | '.join(scenes) + f' | {_pm([r["val_mad_best"] for r in rs], 3)} | {_real(rs)} | '
                  f'{int(wall // 60)} min {int(wall % 60)} s |')
-  lines += ['', 'Gradient diagnostics, mean over stage-2 log steps (the lowest seed of each row), as a '
-            "fraction of the network's own task-loss gradient:", '',
-            '| row | L_O -> DSRNet | L_A -> DSRNet | L_struct -> DSRNet | L_O -> DENet | L_A -> DENet | '
-            'side err / main err (DSRNet) | teacher at stage-2 log steps |', '|' + ' --- |' * 8]
+  diag = []
   for row in order:
     r = rows[row][0]
     g = r.get('grad_ratio_stage2', {})
@@ -295,8 +292,17 @@ def table(rows: dict) -> str:
     teachers = [t for t in r.get('teachers_stage2', []) if t >= 0]  # -1: no teacher (w/o CT)
     names = {0.0: 'DSRNet', 1.0: 'DENet', 2.0: 'mutual'}
     tsum = ', '.join(f'{names.get(t, t)} x{teachers.count(t)}' for t in sorted(set(teachers))) or '-'
-    lines.append(f'| {row} | {f("out/dsr : dsr/dsr")} | {f("aff/dsr : dsr/dsr")} | {f("struct/dsr : dsr/dsr")} '
-                 f'| {f("out/denet : de/denet")} | {f("aff/denet : de/denet")} | {side} | {tsum} |')
+    cells = [f('out/dsr : dsr/dsr'), f('aff/dsr : dsr/dsr'), f('struct/dsr : dsr/dsr'),
+             f('out/denet : de/denet'), f('aff/denet : de/denet'), side, tsum]
+    # A row without a partner (w/o CT) has nothing to report here; a line of dashes would only look
+    # like missing data.
+    if any(c != '-' for c in cells):
+      diag.append(f'| {row} | ' + ' | '.join(cells) + ' |')
+  if diag:
+    lines += ['', 'Gradient diagnostics, mean over stage-2 log steps (the lowest seed of each row), as a '
+              "fraction of the network's own task-loss gradient (rows without CT have none):", '',
+              '| row | L_O -> DSRNet | L_A -> DSRNet | L_struct -> DSRNet | L_O -> DENet | L_A -> DENet | '
+              'side err / main err (DSRNet) | teacher at stage-2 log steps |', '|' + ' --- |' * 8] + diag
   return '\n'.join(lines) + '\n'
 
 

@@ -57,6 +57,20 @@ def test_table_is_computed_from_the_stored_results(tmp_path):
   assert (tmp_path / 'TABLE.md').read_text().endswith(text)
 
 
+def test_rows_without_diagnostics_get_no_line_of_dashes(tmp_path):
+  def bare(seed):  # what a w/o CT run stores: no grad ratios, no side heads, never a teacher
+    r = _result('A', seed, 0.2)
+    r.update(grad_ratio_stage2={}, stage2_mean={}, teachers_stage2=[-1.0, -1.0])
+    return r
+  _store(tmp_path, bare(0))
+  text = study.table(study.load_results(str(tmp_path)))
+  assert 'Gradient diagnostics' not in text and text.count('| A |') == 1
+  _store(tmp_path, _result('D', 0, 0.19))
+  text = study.table(study.load_results(str(tmp_path)))
+  diag = text.split('Gradient diagnostics', 1)[1]
+  assert '| D | 0.250 |' in diag and '| A |' not in diag
+
+
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
   _store(tmp_path, _result('A', 0, 0.2))
   monkeypatch.setattr(study, '_run', lambda *a, **k: pytest.fail('a finished run was trained again'))
