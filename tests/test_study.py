@@ -37,6 +37,20 @@ def test_rows_and_modifiers():
       study.row_spec(bad, 4)
 
 
+def test_every_row_and_modifier_is_a_valid_config():
+  from dsr_jax import config_lib
+  path = os.path.join(study.REPO, 'configs', 'cpu_real.py')
+  for row in list(study.ROWS) + [f'G+{m}' for m in study.MODIFIERS]:
+    arg, overrides, _ = study.row_spec(row, 4)
+    cfg = config_lib.load_config(path, arg, **overrides)  # an override of a field that does not exist fails
+    config_lib.validate(cfg, 'train')
+    for k, v in overrides.items():
+      node = cfg
+      for part in k.split('.'):
+        node = node[part]
+      assert node == v, (row, k)
+
+
 def test_table_is_computed_from_the_stored_results(tmp_path):
   for seed, mad in ((0, 0.20), (1, 0.22), (2, 0.24)):
     _store(tmp_path, _result('A', seed, mad))
