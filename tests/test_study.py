@@ -45,10 +45,7 @@ def test_every_row_and_modifier_is_a_valid_config():
     cfg = config_lib.load_config(path, arg, **overrides)  # an override of a field that does not exist fails
     config_lib.validate(cfg, 'train')
     for k, v in overrides.items():
-      node = cfg
-      for part in k.split('.'):
-        node = node[part]
-      assert node == v, (row, k)
+      assert study._get(cfg, k) == v, (row, k)  # pylint: disable=protected-access
 
 
 def test_table_is_computed_from_the_stored_results(tmp_path):
