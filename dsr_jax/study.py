@@ -43,6 +43,9 @@ MODIFIERS = {
     'sw0.1': ({'loss.side_weight': 0.1}, 'side_weight 0.1'),
     'rho2_1': ({'loss.rho2': 1.0}, 'rho2 1.0'),
     'rho2_0.01': ({'loss.rho2': 0.01}, 'rho2 0.01'),
+    # SPNet's structure gradient is the one partner term that moved DSRNet the same way on every seed (6-7 % of
+    # L_DSR's at rho1 0.1); ten times it asks whether more of it helps more.
+    'rho1_1': ({'loss.rho1': 1.0}, 'rho1 1.0'),
     'nosp': ({'model.use_spnet': False}, 'no SPNet'),
     'noaff': ({'loss.use_affinity': False}, 'no L_A'),
     # A deeper DENet (2x the residual blocks; receptive margin 19 -> 35 px at T=4) for a teacher that may beat
