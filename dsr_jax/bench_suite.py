@@ -16,20 +16,24 @@ from dsr_jax import errors
 # (name, bench arguments). Shapes: the CPU rows' shapes first, so ratios can be set side by side.
 PAPER = ['--scale', '4', '--stages', '4', '--channels', '64', '--feat', '256', '--de-blocks', '2',
          '--affinity-pool', '32']
+# In priority order: a lease cut short (--budget) keeps the rows that answer most. torch.compile's row is last,
+# since its compile alone takes minutes.
 ROWS = [
     ('train_vs_eager_b4', ['compare', 'train', *PAPER, '--batch', '4', '--hr', '128', '--iters', '20',
                            '--rounds', '2']),
-    ('train_vs_compile_b4', ['compare', 'train', *PAPER, '--batch', '4', '--hr', '128', '--iters', '20',
-                             '--rounds', '2', '--peer-compile']),
-    ('train_vs_eager_b16', ['compare', 'train', *PAPER, '--batch', '16', '--hr', '128', '--iters', '20',
-                            '--rounds', '2']),
     ('train_f32_b16', ['train', *PAPER, '--batch', '16', '--hr', '128', '--iters', '20']),
     ('train_bf16_b16', ['train', *PAPER, '--batch', '16', '--hr', '128', '--iters', '20', '--dtype', 'bfloat16']),
     ('infer_x8_1080x1320', ['infer', *PAPER[2:], '--scale', '8', '--hr-hw', '1080x1320', '--batch', '1',
                             '--iters', '50']),
+    ('infer_x8_1080x1320_bf16', ['infer', *PAPER[2:], '--scale', '8', '--hr-hw', '1080x1320', '--batch', '1',
+                                 '--iters', '50', '--dtype', 'bfloat16']),
+    ('train_vs_eager_b16', ['compare', 'train', *PAPER, '--batch', '16', '--hr', '128', '--iters', '20',
+                            '--rounds', '2']),
     ('infer_vs_eager_x8_512', ['compare', 'infer', *PAPER[2:], '--scale', '8', '--hr', '512', '--batch', '1',
                                '--iters', '20', '--rounds', '2']),
     ('bf16_tracking_500', ['bf16', *PAPER, '--batch', '8', '--hr', '128', '--steps', '500']),
+    ('train_vs_compile_b4', ['compare', 'train', *PAPER, '--batch', '4', '--hr', '128', '--iters', '20',
+                             '--rounds', '2', '--peer-compile']),
 ]
 TINY = {'--channels': '4', '--feat': '8', '--de-blocks': '1', '--affinity-pool': '4', '--batch': '2',
         '--hr': '16', '--hr-hw': '16x24', '--iters': '2', '--rounds': '1', '--steps': '4', '--stages': '2'}
@@ -79,33 +83,67 @@ def main(argv=None) -> int:
   p.add_argument('--out', required=True, help='directory for suite.json')
   p.add_argument('--tiny', action='store_true', help='toy shapes (a smoke test of the suite itself)')
   p.add_argument('--only', default='', help='comma-separated row names (default: all)')
-  p.add_argument('--timeout', type=int, default=900, help='seconds per row')
+  p.add_argument('--timeout', type=errors.positive_int, default=900, help='seconds per row')
+  p.add_argument('--budget', type=errors.positive_int, default=0,
+                 help='seconds for the whole suite (0 = none): a row gets at most what is left, and the rows '
+                      'after it are recorded as skipped, so a lease ends with suite.json written')
+  p.add_argument('--peer', default='', help='path of torch_ctkt.py for the compare rows (default: bench\'s, '
+                 'beside the checkout; a device machine gets only the checkout, so pass a carried copy there)')
+  p.add_argument('--compile-cache', default='',
+                 help="a JAX persistent compilation cache shared by the rows' fresh processes: rows and rounds "
+                      'of the same shapes then compile once. Their compile_s is then a cache load')
   a = p.parse_args(argv)
+  names = [r[0] for r in ROWS]
+  unknown = [n for n in a.only.split(',') if n and n not in names]
+  if unknown:
+    p.error(f'--only {",".join(unknown)}: unknown row (expected some of {", ".join(names)})')
+  if a.peer and not os.path.isfile(a.peer):
+    p.error(f'--peer {a.peer}: no such file (expected the path of torch_ctkt.py)')
+  start = time.perf_counter()
   os.makedirs(a.out, exist_ok=True)
   path = os.path.join(a.out, 'suite.json')
-  results = {'ceilings': ceilings(a.tiny), 'rows': {}}
+  env = dict(os.environ)
+  if a.compile_cache:
+    # Read by jax at import in each child; a zero threshold caches every compile, not only slow ones.
+    env.update(JAX_COMPILATION_CACHE_DIR=os.path.abspath(a.compile_cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  results = {'ceilings': ceilings(a.tiny), 'compile_cache': bool(a.compile_cache), 'rows': {}}
   rows = [r for r in ROWS if not a.only or r[0] in a.only.split(',')]
   for name, args in rows:
     args = tiny(args) if a.tiny else args
+    if a.peer and args[0] == 'compare':
+      args = [*args, '--peer', a.peer]
+    timeout = a.timeout
+    if a.budget:
+      timeout = min(timeout, int(a.budget - (time.perf_counter() - start)))
+      if timeout < 1:
+        results['rows'][name] = {'skipped': f'--budget {a.budget} s spent',
+                                 'command': 'python -m dsr_jax.bench ' + ' '.join(args)}
+        continue
     cmd = [sys.executable, '-m', 'dsr_jax.bench', *args]
     t = time.perf_counter()
     try:
-      r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, check=False)
+      r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
       lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
       res = json.loads(lines[-1]) if (r.returncode == 0 and lines) else {
           'error': (r.stderr.strip().splitlines() or ['no output'])[-1][:300], 'rc': r.returncode}
+      with open(os.path.join(a.out, 'suite.log'), 'a') as f:  # the why of an error: its stderr's tail
+        f.write(f'=== {name} (rc {r.returncode})\n' + '\n'.join(r.stderr.splitlines()[-40:]) + '\n')
     except subprocess.TimeoutExpired:
-      res = {'error': f'timed out after {a.timeout} s'}
+      res = {'error': f'timed out after {timeout} s'}
     res['command'] = 'python -m dsr_jax.bench ' + ' '.join(args)
     res['suite_wall_s'] = time.perf_counter() - t
     results['rows'][name] = res
+    print(f'{name}: {res.get("error", "done")} ({res["suite_wall_s"]:.0f} s)', flush=True)
     with open(path, 'w') as f:  # after every row: a cut-off run keeps what it measured
       json.dump(results, f, indent=1)
   c = results['ceilings']
   print(f"{c['device']}: matmul f32 {c['matmul_float32_tflops']:.3g} TFLOP/s, bf16 "
         f"{c['matmul_bfloat16_tflops']:.3g} TFLOP/s, copy {c['copy_gb_per_s']:.3g} GB/s")
   for name, r in results['rows'].items():
-    if 'error' in r:
+    if 'skipped' in r:
+      print(f'{name:24s} skipped ({r["skipped"]})')
+    elif 'error' in r:
       print(f'{name:24s} ERROR {r["error"]}')
     elif 'ratio' in r:
       print(f"{name:24s} ours/peer {r['ratio']:.3f}  "
@@ -116,7 +154,9 @@ def main(argv=None) -> int:
       mfu = f"  mfu {r['mfu']:.3f}" if r.get('mfu') else ''
       print(f"{name:24s} {r['step_s'] * 1e3:.2f} ms/step  {r['images_per_s']:.3g} img/s{mfu}")
   print(f'all numbers: {path}')
-  return 0 if all('error' not in r for r in results['rows'].values()) else 1
+  with open(path, 'w') as f:  # the skipped rows too
+    json.dump(results, f, indent=1)
+  return 0 if all('error' not in r and 'skipped' not in r for r in results['rows'].values()) else 1
 
 
 if __name__ == '__main__':

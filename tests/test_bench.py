@@ -33,12 +33,25 @@ def test_train_step_json(capsys, tmp_path):
   r = json.loads(out)
   assert r['mode'] == 'train' and r['phase'] == 'dsr_student' and r['device'].startswith('cpu')
   assert r['step_s'] > 0 and r['images_per_s'] == pytest.approx(2 / r['step_s'])
-  assert r['flops'] > 0 and r['compile_s'] > 0 and r['cpu_convs'] == 'eigen'
+  assert r['flops'] > 0 and r['flops_compiled'] > 0 and r['compile_s'] > 0 and r['cpu_convs'] == 'eigen'
   assert r['mfu'] is None  # no known peak on CPU
   assert set(r['params']) == {'dsr', 'denet', 'spnet'}
   assert list((tmp_path / 'trace').rglob('*.trace.json.gz'))
   assert 5 <= len(r['top_ops']) <= 15 and all(o['ms_per_call'] >= 0 for o in r['top_ops'])
   assert not any(o['op'].startswith('$') for o in r['top_ops'])  # XLA ops, not Python frames
+
+
+def test_flops_only_counts_the_unoptimised_step(capsys):
+  """--flops-only lowers without compiling; its count is the one a full run reports as `flops`, and the CPU
+  subprocess that a plugin backend (CUDA) falls back on gives the same number."""
+  status, out, _ = _run(capsys, ['train', *TINY, '--flops-only'])
+  assert status == 0
+  only = json.loads(out)
+  assert 'step_s' not in only and only['flops'] > 0
+  status, out, _ = _run(capsys, ['train', *TINY])
+  assert status == 0 and json.loads(out)['flops'] == only['flops']
+  import argparse  # pylint: disable=g-import-not-at-top
+  assert bench._flops_on_cpu(argparse.Namespace(argv=['train', *TINY])) == only['flops']
 
 
 def test_infer_non_square(capsys):
@@ -117,6 +130,23 @@ def test_suite_smoke(tmp_path, capsys):
   row = r['rows']['infer_x8_1080x1320']
   assert row['hr_hw'] == [16, 24] and row['scale'] == 2 and row['step_s'] > 0
   assert 'infer_x8_1080x1320' in out and 'ms/step' in out
+
+
+def test_suite_budget_peer_and_cache(tmp_path, capsys):
+  """A spent --budget records the remaining rows as skipped (and exits 1) instead of running past a lease; a
+  missing --peer and an unknown --only row are one-line errors; the compile cache is shared with the rows."""
+  from dsr_jax import bench_suite
+  status = bench_suite.main(['--out', str(tmp_path), '--tiny', '--budget', '1', '--compile-cache',
+                             str(tmp_path / 'cache'), '--only', 'infer_x8_1080x1320,train_f32_b16'])
+  out = capsys.readouterr().out
+  r = json.loads((tmp_path / 'suite.json').read_text())
+  assert status == 1 and r['compile_cache'] is True
+  assert 'skipped' in r['rows']['train_f32_b16'] and 'train_f32_b16' in out and 'skipped' in out
+  for argv, what in ((['--peer', str(tmp_path / 'nope.py')], '--peer'), (['--only', 'warp_drive'], '--only')):
+    with pytest.raises(SystemExit) as e:
+      bench_suite.main(['--out', str(tmp_path), '--tiny', *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and what in err[-1]
 
 
 def test_suite_rows_parse():
