@@ -129,6 +129,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--iters', type=errors.positive_int, default=5)
   p.add_argument('--flops-only', action='store_true',
                  help="only count the step's FLOPs from its unoptimised HLO (no compile, no timing)")
+  p.add_argument('--no-cpu-flops', action='store_true',
+                 help='off CPU, leave flops unset rather than count them in a CPU subprocess (compare does: '
+                      'its ratio needs no FLOPs, and a lease is short)')
   p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student', 'mutual'])
   # The peer's Revision 2 flags; its first version is --teacher-update frozen --affinity raw --side-weight 0
   # --no-detach-uncertainty.
@@ -255,7 +258,7 @@ def _report(a, fn, args, donate=()):
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t
   flops_compiled = _flops(compiled)
-  if flops is None and jax.devices()[0].platform != 'cpu':
+  if flops is None and jax.devices()[0].platform != 'cpu' and not a.no_cpu_flops:
     flops = _flops_on_cpu(a)
   step_s, args = _timed(compiled, args, a.iters)
   profile = None
@@ -373,7 +376,7 @@ def cmd_compare(a) -> dict:
     shared += ['--teacher-update', a.teacher_update, '--affinity', a.affinity, '--side-weight', str(a.side_weight)]
     shared += ['--no-detach-uncertainty'] if a.no_detach_uncertainty else []
   ours_cmd = [sys.executable, '-m', 'dsr_jax.bench', a.mode, *shared, '--dtype', a.dtype, '--bp-impl', a.bp_impl,
-              '--cpu-convs', a.cpu_convs] + (['--phase', 'dsr_student'] if a.mode == 'train' else [])
+              '--cpu-convs', a.cpu_convs, '--no-cpu-flops'] + (['--phase', 'dsr_student'] if a.mode == 'train' else [])
   peer_cmd = [sys.executable, a.peer, '--mode', a.mode, *shared] + (['--compile'] if a.peer_compile else [])
   runs = {'ours': [], 'peer': []}
   for _ in range(a.rounds):
