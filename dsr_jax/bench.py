@@ -128,7 +128,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                  help='non-square HR size for infer, e.g. 1080x1320 (overrides --hr; both divisible by --scale)')
   p.add_argument('--iters', type=errors.positive_int, default=5)
   p.add_argument('--flops-only', action='store_true',
-                 help="only count the step's FLOPs from its unoptimised HLO (no compile, no timing)")
+                 help="train/infer: only count the step's FLOPs from its unoptimised HLO (no compile, no timing; "
+                      'null off CPU, where the CUDA plugin cannot: run it with JAX_PLATFORMS=cpu)')
   p.add_argument('--no-cpu-flops', action='store_true',
                  help='off CPU, leave flops unset rather than count them in a CPU subprocess (compare does: '
                       'its ratio needs no FLOPs, and a lease is short)')
@@ -239,8 +240,11 @@ def _flops_on_cpu(a) -> float | None:
   CUDA one) cannot cost-analyse an unoptimised module, and the arithmetic does not depend on the backend."""
   import subprocess  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  r = subprocess.run([sys.executable, '-m', 'dsr_jax.bench', *a.argv, '--flops-only'], capture_output=True,
-                     text=True, check=False, env=env, timeout=600)
+  try:
+    r = subprocess.run([sys.executable, '-m', 'dsr_jax.bench', *a.argv, '--flops-only'], capture_output=True,
+                       text=True, check=False, env=env, timeout=600)
+  except subprocess.TimeoutExpired:
+    return None
   lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
   return json.loads(lines[-1]).get('flops') if (r.returncode == 0 and lines) else None
 

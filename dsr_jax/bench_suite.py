@@ -7,13 +7,15 @@ prints a short table last. `--tiny` runs the same rows on toy shapes (the test s
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 from dsr_jax import errors
 
-# (name, bench arguments). Shapes: the CPU rows' shapes first, so ratios can be set side by side.
+# (name, bench arguments) at the paper's sizes, the CPU rows' shapes where both exist, so that ratios can be set
+# side by side.
 PAPER = ['--scale', '4', '--stages', '4', '--channels', '64', '--feat', '256', '--de-blocks', '2',
          '--affinity-pool', '32']
 # In priority order: a lease cut short (--budget) keeps the rows that answer most. torch.compile's row is last,
@@ -122,15 +124,23 @@ def main(argv=None) -> int:
         continue
     cmd = [sys.executable, '-m', 'dsr_jax.bench', *args]
     t = time.perf_counter()
+    # A session of its own, so that a timeout ends the whole row: compare's and the FLOP count's children too,
+    # which on a GPU would otherwise keep their preallocated memory into the next row.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     try:
-      r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+      stdout, stderr = proc.communicate(timeout=timeout)
+      r = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
       lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
       res = json.loads(lines[-1]) if (r.returncode == 0 and lines) else {
           'error': (r.stderr.strip().splitlines() or ['no output'])[-1][:300], 'rc': r.returncode}
       with open(os.path.join(a.out, 'suite.log'), 'a') as f:  # the why of an error: its stderr's tail
         f.write(f'=== {name} (rc {r.returncode})\n' + '\n'.join(r.stderr.splitlines()[-40:]) + '\n')
     except subprocess.TimeoutExpired:
-      res = {'error': f'timed out after {timeout} s'}
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.communicate()
+      cut = ' (--budget)' if a.budget and timeout < a.timeout else ''
+      res = {'error': f'timed out after {timeout} s{cut}'}
     res['command'] = 'python -m dsr_jax.bench ' + ' '.join(args)
     res['suite_wall_s'] = time.perf_counter() - t
     results['rows'][name] = res

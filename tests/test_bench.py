@@ -143,6 +143,11 @@ def test_suite_budget_peer_and_cache(tmp_path, capsys):
   r = json.loads((tmp_path / 'suite.json').read_text())
   assert status == 1 and r['compile_cache'] is True
   assert 'skipped' in r['rows']['train_f32_b16'] and 'train_f32_b16' in out and 'skipped' in out
+  # A row past its timeout is ended (its process group with it) and recorded, and the suite goes on.
+  status = bench_suite.main(['--out', str(tmp_path / 't'), '--tiny', '--timeout', '1', '--only', 'infer_x8_1080x1320'])
+  capsys.readouterr()
+  row = json.loads((tmp_path / 't' / 'suite.json').read_text())['rows']['infer_x8_1080x1320']
+  assert status == 1 and row['error'] == 'timed out after 1 s'
   for argv, what in ((['--peer', str(tmp_path / 'nope.py')], '--peer'), (['--only', 'warp_drive'], '--only')):
     with pytest.raises(SystemExit) as e:
       bench_suite.main(['--out', str(tmp_path), '--tiny', *argv])
