@@ -239,14 +239,11 @@ def _flops_on_cpu(a) -> float | None:
   """The same command's model FLOPs, counted by a CPU process: backends reached through a PJRT plugin (the
   CUDA one) cannot cost-analyse an unoptimised module, and the arithmetic does not depend on the backend."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
   try:
-    r = subprocess.run([sys.executable, '-m', 'dsr_jax.bench', *a.argv, '--flops-only'], capture_output=True,
-                       text=True, check=False, env=env, timeout=600)
-  except subprocess.TimeoutExpired:
+    return _run_json([sys.executable, '-m', 'dsr_jax.bench', *a.argv, '--flops-only'],
+                     env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=600).get('flops')
+  except (RuntimeError, subprocess.TimeoutExpired):
     return None
-  lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
-  return json.loads(lines[-1]).get('flops') if (r.returncode == 0 and lines) else None
 
 
 def _report(a, fn, args, donate=()):
@@ -358,9 +355,10 @@ def cmd_bf16(a) -> dict:
           'curves': {k: [round(float(x), 6) for x in v[::every]] for k, v in curves.items()}}
 
 
-def _run_json(cmd):
+def _run_json(cmd, env=None, timeout=None):
+  """The last JSON line a command prints; RuntimeError if it fails or prints none."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  r = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout)
   lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
   if r.returncode or not lines:
     raise RuntimeError(f'{" ".join(cmd)} failed: {r.stderr.strip().splitlines()[-1:] }')

@@ -80,6 +80,30 @@ def ceilings(tiny_run: bool) -> dict:
   return out
 
 
+def run_row(name: str, args: list[str], timeout: int, by_budget: bool, env: dict, out: str) -> dict:
+  """One `python -m dsr_jax.bench` row in a fresh process: its JSON, or {'error': ...}; its stderr's tail (the
+  why of an error) goes to <out>/suite.log."""
+  t = time.perf_counter()
+  # A session of its own, so that a timeout ends the whole row: compare's and the FLOP count's children too,
+  # which on a GPU would otherwise keep their preallocated memory into the next row.
+  proc = subprocess.Popen([sys.executable, '-m', 'dsr_jax.bench', *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+  try:
+    stdout, stderr = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    cut = ' (--budget)' if by_budget else ''
+    return {'error': f'timed out after {timeout} s{cut}', 'suite_wall_s': time.perf_counter() - t}
+  lines = [l for l in stdout.splitlines() if l.startswith('{')]
+  res = json.loads(lines[-1]) if (proc.returncode == 0 and lines) else {
+      'error': (stderr.strip().splitlines() or ['no output'])[-1][:300], 'rc': proc.returncode}
+  with open(os.path.join(out, 'suite.log'), 'a') as f:
+    f.write(f'=== {name} (rc {proc.returncode})\n' + '\n'.join(stderr.splitlines()[-40:]) + '\n')
+  res['suite_wall_s'] = time.perf_counter() - t
+  return res
+
+
 def main(argv=None) -> int:
   p = errors.ArgumentParser(prog='python -m dsr_jax.bench_suite', description=__doc__.splitlines()[0])
   p.add_argument('--out', required=True, help='directory for suite.json')
@@ -95,10 +119,10 @@ def main(argv=None) -> int:
                  help="a JAX persistent compilation cache shared by the rows' fresh processes: rows and rounds "
                       'of the same shapes then compile once. Their compile_s is then a cache load')
   a = p.parse_args(argv)
-  names = [r[0] for r in ROWS]
-  unknown = [n for n in a.only.split(',') if n and n not in names]
+  only = [n for n in a.only.split(',') if n]
+  unknown = [n for n in only if n not in (r[0] for r in ROWS)]
   if unknown:
-    p.error(f'--only {",".join(unknown)}: unknown row (expected some of {", ".join(names)})')
+    p.error(f'--only {",".join(unknown)}: unknown row (expected some of {", ".join(r[0] for r in ROWS)})')
   if a.peer and not os.path.isfile(a.peer):
     p.error(f'--peer {a.peer}: no such file (expected the path of torch_ctkt.py)')
   start = time.perf_counter()
@@ -110,41 +134,21 @@ def main(argv=None) -> int:
     env.update(JAX_COMPILATION_CACHE_DIR=os.path.abspath(a.compile_cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   results = {'ceilings': ceilings(a.tiny), 'compile_cache': bool(a.compile_cache), 'rows': {}}
-  rows = [r for r in ROWS if not a.only or r[0] in a.only.split(',')]
-  for name, args in rows:
+  for name, args in (r for r in ROWS if not only or r[0] in only):
     args = tiny(args) if a.tiny else args
     if a.peer and args[0] == 'compare':
       args = [*args, '--peer', a.peer]
     timeout = a.timeout
     if a.budget:
       timeout = min(timeout, int(a.budget - (time.perf_counter() - start)))
-      if timeout < 1:
-        results['rows'][name] = {'skipped': f'--budget {a.budget} s spent',
-                                 'command': 'python -m dsr_jax.bench ' + ' '.join(args)}
-        continue
-    cmd = [sys.executable, '-m', 'dsr_jax.bench', *args]
-    t = time.perf_counter()
-    # A session of its own, so that a timeout ends the whole row: compare's and the FLOP count's children too,
-    # which on a GPU would otherwise keep their preallocated memory into the next row.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-      stdout, stderr = proc.communicate(timeout=timeout)
-      r = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-      lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
-      res = json.loads(lines[-1]) if (r.returncode == 0 and lines) else {
-          'error': (r.stderr.strip().splitlines() or ['no output'])[-1][:300], 'rc': r.returncode}
-      with open(os.path.join(a.out, 'suite.log'), 'a') as f:  # the why of an error: its stderr's tail
-        f.write(f'=== {name} (rc {r.returncode})\n' + '\n'.join(r.stderr.splitlines()[-40:]) + '\n')
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGKILL)
-      proc.communicate()
-      cut = ' (--budget)' if a.budget and timeout < a.timeout else ''
-      res = {'error': f'timed out after {timeout} s{cut}'}
+    if timeout < 1:
+      res = {'skipped': f'--budget {a.budget} s spent'}
+    else:
+      res = run_row(name, args, timeout, timeout < a.timeout, env, a.out)
     res['command'] = 'python -m dsr_jax.bench ' + ' '.join(args)
-    res['suite_wall_s'] = time.perf_counter() - t
     results['rows'][name] = res
-    print(f'{name}: {res.get("error", "done")} ({res["suite_wall_s"]:.0f} s)', flush=True)
+    print(f'{name}: {res.get("error") or res.get("skipped") or "done"} ({res.get("suite_wall_s", 0):.0f} s)',
+          flush=True)
     with open(path, 'w') as f:  # after every row: a cut-off run keeps what it measured
       json.dump(results, f, indent=1)
   c = results['ceilings']
@@ -164,8 +168,6 @@ def main(argv=None) -> int:
       mfu = f"  mfu {r['mfu']:.3f}" if r.get('mfu') else ''
       print(f"{name:24s} {r['step_s'] * 1e3:.2f} ms/step  {r['images_per_s']:.3g} img/s{mfu}")
   print(f'all numbers: {path}')
-  with open(path, 'w') as f:  # the skipped rows too
-    json.dump(results, f, indent=1)
   return 0 if all('error' not in r and 'skipped' not in r for r in results['rows'].values()) else 1
 
 
