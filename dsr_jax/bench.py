@@ -127,12 +127,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--hr-hw', default='', metavar='HxW',
                  help='non-square HR size for infer, e.g. 1080x1320 (overrides --hr; both divisible by --scale)')
   p.add_argument('--iters', type=errors.positive_int, default=5)
-  p.add_argument('--flops-only', action='store_true',
-                 help="train/infer: only count the step's FLOPs from its unoptimised HLO (no compile, no timing; "
-                      'null off CPU, where the CUDA plugin cannot: run it with JAX_PLATFORMS=cpu)')
-  p.add_argument('--no-cpu-flops', action='store_true',
-                 help='off CPU, leave flops unset rather than count them in a CPU subprocess (compare does: '
-                      'its ratio needs no FLOPs, and a lease is short)')
   p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student', 'mutual'])
   # The peer's Revision 2 flags; its first version is --teacher-update frozen --affinity raw --side-weight 0
   # --no-detach-uncertainty.
@@ -410,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=helptext)
     add_model_args(p)
     add_run_args(p)
+    p.add_argument('--flops-only', action='store_true',
+                   help="only count the step's FLOPs from its unoptimised HLO (no compile, no timing; null off "
+                        'CPU, where the CUDA plugin cannot: run it with JAX_PLATFORMS=cpu)')
+    p.add_argument('--no-cpu-flops', action='store_true',
+                   help='off CPU, leave flops unset rather than count them in a CPU subprocess (compare does: '
+                        'its ratio needs no FLOPs, and a lease is short)')
     p.set_defaults(fn=fn)
   p = sub.add_parser('bf16', help='loss curves of the same run in float32 and bfloat16 compute')
   add_model_args(p)
