@@ -102,6 +102,9 @@ def get_config(arg=None):
   t.stage1_steps = 600  # Warm-up stage: both nets on their own losses.
   t.round_steps = 100  # Steps per role round in stage 2 (paper: one epoch).
   t.batch_size = 8  # Global batch (split over all devices and processes).
+  # Fine-tuning: DSRNet starts from this trained checkpoint (a shipped name such as dsrnet_x4, a workdir or a
+  # step directory) instead of a random init; '' = random. Read at the start only: a resume ignores it.
+  t.init_from = ''
   # Revision 2, rule 7: who learns from whom in stage 2. 'rule' = Algorithm 1 (the lower mean error of the
   # previous round teaches; ties go to DSRNet); 'fixed_denet' / 'fixed_dsr' = that net always teaches;
   # 'mutual' = each net is the other's student in every step (L_distill both ways, one more compiled step).

@@ -216,6 +216,21 @@ def load_params(path, nets=('dsr',)):
   return config, params, {'dir': step_dir, 'step': step}
 
 
+def init_from(path, params: dict) -> dict:
+  """`params` with DSRNet's replaced by those of a trained checkpoint (train.init_from: fine-tuning).
+
+  Only DSRNet is taken: the partner networks and the optimiser start fresh, as the run's own schedule
+  expects. The two DSRNets must have the same parameter shapes (model.scale, channels, feat, stages).
+  """
+  from dsr_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  _, loaded, info = load_params(path, ('dsr',))
+  shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
+  if shapes(loaded['dsr']) != shapes(params['dsr']):
+    raise ConfigError(f'train.init_from={str(path)!r}: the DSRNet in {info["dir"]} has other parameter shapes '
+                      'than this config\'s model (expected the same model.scale, channels, feat and stages)')
+  return {**params, 'dsr': loaded['dsr']}
+
+
 def load_for_inference(path):
   """(config, dsr_params): the training config and DSRNet's parameters, on one device."""
   config, params, _ = load_params(path, ('dsr',))

@@ -268,6 +268,11 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
   val_data = val_dataset(config)
   val_eval = val_evaluator(config, val_data)
   val_scene = first_val_scene(val_data) if jax.process_index() == 0 else None  # TensorBoard's fixed scene
+  # Read before the workdir exists, so that a wrong checkpoint leaves nothing behind; a resume ignores it.
+  init_dsr = None
+  if tcfg.init_from and not resuming:
+    from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+    init_dsr = restore.init_from(tcfg.init_from, abstract.params)['dsr']
   # clu's writer and actions import TensorFlow (~4 s): only once every check above has passed.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
@@ -283,6 +288,9 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
     if restored is None:
       state = jax.jit(create, out_shardings=repl)(key)
       data_state = None
+      if init_dsr is not None:
+        state = state.replace(params={**state.params, 'dsr': jax.device_put(init_dsr, repl)})
+        _say(f'DSRNet starts from {tcfg.init_from} (train.init_from)')
     else:
       step0, params, opt_state, role, data_state = restored
       state = jax.device_put(abstract.replace(
