@@ -121,6 +121,13 @@ def get_config(arg=None):
   t.image_every = 500  # Image summaries.
   t.profile = False  # Capture a jax.profiler trace of a few steps into the workdir.
   t.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU).
+  # Wall-clock limit for the whole run, in minutes (0 = none), counted from the process's start (start-up and
+  # compilation included). At each log step (train.log_every) the run stops if the time spent plus what it
+  # must still do would pass the limit: one more log interval (as long as the last one), the final validation
+  # (as long as the last one; before any, as long as the start-up) and a checkpoint save (the slowest so
+  # far). It stops as on SIGTERM, saving that step, and then runs the final validation and keeps the best
+  # checkpoint; exit status 0. The same command with a larger budget resumes exactly.
+  t.time_budget = 0.0
 
   # ---------------------------------------------------------------- evaluation
   c.eval = e = ml_collections.ConfigDict()

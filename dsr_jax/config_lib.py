@@ -76,6 +76,7 @@ _RANGES = (
     ('train.batch_size', int, 1, None, False),
     ('train.log_every', int, 1, None, False),
     ('train.image_every', int, 1, None, False),
+    ('train.time_budget', float, 0.0, None, False),
     ('data.crop', int, 1, None, False),
     ('data.noise_sigma', float, 0.0, None, False),
     ('data.workers', int, 0, None, False),

@@ -37,8 +37,13 @@ def run(config, workdir: str) -> int:
     if config.train.distributed:
       jax.distributed.initialize()
     if config.mode == 'train':
+      from dsr_jax import lifecycle  # pylint: disable=g-import-not-at-top
       from dsr_jax import train  # pylint: disable=g-import-not-at-top
-      summary = train.train_and_evaluate(config, workdir)
+      summary = train.train_and_evaluate(config, workdir, started=lifecycle.process_start())
+      if summary.get('stopped_on_budget'):
+        if jax.process_index() == 0:
+          print(train.budget_line(summary), flush=True)
+        return 0
       if summary.get('preempted'):
         if jax.process_index() == 0:
           print(f"preempted at step {summary['step']} ({summary['signal']}); checkpoint saved in "

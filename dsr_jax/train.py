@@ -232,13 +232,16 @@ def _keep_tf_off_accelerators():
     pass
 
 
-def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
+def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float | None = None) -> dict:
   """Trains (resuming from the latest checkpoint in workdir) and returns the final validation summary.
 
   role_rule: (e_dsr, e_de) of the finished round -> the next round's teacher code (roles.DSR, DENET or
   MUTUAL); default roles.role_rule(config.train.roles). Tests pass one to force role switches.
+  started: the time.time() from which train.time_budget counts (main passes the process's start); default
+  now, so that a notebook's long-lived kernel does not count against the run.
   """
   from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  started = time.time() if started is None else started
   validate(config)
   paths.check_dir_target(workdir, '--workdir')
   workdir = os.path.abspath(workdir)
@@ -279,7 +282,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
   _keep_tf_off_accelerators()
   os.makedirs(workdir, exist_ok=True)
   # Held until the run ends; a second run on this workdir refuses instead of mixing its checkpoints in.
-  with lifecycle.workdir_lock(workdir), lifecycle.StopRequest() as stop:
+  with lifecycle.workdir_lock(workdir), lifecycle.StopRequest(tcfg.time_budget, started) as stop:
 
     mngr = checkpointing.manager(workdir, config.ckpt.keep)
     best_mngr = checkpointing.best_manager(workdir)
@@ -346,12 +349,36 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
 
     def save(step):
       _check_finite(state)
+      t0 = time.perf_counter()
       with _saving(checkpointing.ckpt_dir(workdir), step):
         checkpointing.save(mngr, step, state, state_lib.role_state(state), last_data_state, config)
+      took['save'] = max(took['save'], time.perf_counter() - t0)
+
+    def validate_now(step):
+      t0 = time.perf_counter()
+      val = validate_params(val_eval, models, state.params)
+      took['validation'] = time.perf_counter() - t0
+      writer.write_scalars(step, validation_scalars(val))
+      return val, val['mean']['mad'], val['bicubic']['mean']['mad']
+
+    def validate_and_keep(step):
+      """A validation during the run: scalars, the best checkpoint, one console line."""
+      val, mad, bic = validate_now(step)
+      keep_best(step, mad, bic)
+      _say(f'step {step}: validation MAD {mad:.4g} (bicubic {bic:.4g}, {val["images"]} images)'
+           + ('; best so far' if best['mad'] == mad else f'; best {best["mad"]:.4g}'))
+      return val
+
+    # What the budget rule (configs/default.py, train.time_budget) adds to the time spent: the last log
+    # interval (the next one should take about as long), the last validation (before any: the start-up's
+    # length, a validation being mostly compilation and reading) and the slowest save.
+    took = {'validation': time.time() - started, 'save': 0.0}
 
     acc, n_acc = None, 0
     last_data_state = data_state if data_state is not None else train_iter.get_state()
     t_log = time.perf_counter()
+    t_budget = t_log
+    val, val_step = None, -1
     summary = {}
     try:
       with metric_writers.ensure_flushes(writer), jax.set_mesh(mesh):
@@ -406,31 +433,38 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None) -> dict:
                   models.dsr, jax.device_get(state.params['dsr']), val_scene, scale)[None]})
           if config.eval.every_steps and (done % config.eval.every_steps == 0) and not is_last:
             with report.timed('eval'):
-              val = validate_params(val_eval, models, state.params)
-            writer.write_scalars(done, validation_scalars(val))
-            mad, bic = val['mean']['mad'], val['bicubic']['mean']['mad']
-            keep_best(done, mad, bic)
-            _say(f'step {done}: validation MAD {mad:.4g} (bicubic {bic:.4g}, {val["images"]} images)'
-                 + ('; best so far' if best['mad'] == mad else f'; best {best["mad"]:.4g}'))
+              val, val_step = validate_and_keep(done), done
           saved = done % config.ckpt.every_steps == 0 or is_last
           if saved:
             save(done)
+          if not is_last and done % tcfg.log_every == 0:
+            now = time.perf_counter()
+            stop.over_budget((now - t_budget) + took['validation'] + took['save'])
+            t_budget = now
           if not is_last and stop.requested(done):
-            # Preempted: this step is saved (unless it just was) and the run ends cleanly; the same command
-            # resumes from exactly here.
+            # Preempted, or out of time: this step is saved (unless it just was) and the run ends cleanly;
+            # the same command resumes from exactly here.
             if not saved:
               save(done)
             with _saving(checkpointing.ckpt_dir(workdir), done):
               mngr.wait_until_finished()
             summary = {'preempted': True, 'step': done, 'signal': stop.signal_name, 'workdir': workdir,
                        'checkpoints': checkpointing.ckpt_dir(workdir)}
+            if stop.on_budget:
+              # A budget leaves time for what a preemption notice does not: the final validation, so the
+              # best checkpoint holds the best network so far (unless this step was just validated).
+              if val is None or val_step != done:
+                val = validate_and_keep(done)
+              summary.update(stopped_on_budget=True, budget_min=float(tcfg.time_budget),
+                             elapsed_min=stop.elapsed() / 60, num_steps=tcfg.num_steps,
+                             val_mad=val['mean']['mad'], bicubic_mad=val['bicubic']['mean']['mad'],
+                             val_images=val['images'], best_val_mad=best['mad'],
+                             best_checkpoint=os.path.join(workdir, checkpointing.BEST_DIR))
             break
         else:
           _check_finite(state)
-          val = validate_params(val_eval, models, state.params)
           final_step = int(jax.device_get(state.step))
-          writer.write_scalars(final_step, validation_scalars(val))
-          mad, bic = val['mean']['mad'], val['bicubic']['mean']['mad']
+          val, mad, bic = validate_now(final_step)
           keep_best(final_step, mad, bic)
           summary = {'val_mad': mad, 'bicubic_mad': bic, 'val_images': val['images'], 'workdir': workdir,
                      'checkpoints': checkpointing.ckpt_dir(workdir), 'step': final_step,
@@ -462,6 +496,16 @@ def _say(line: str) -> None:
   """The console: one line, from the first process only (library logs stay hidden unless --verbosity)."""
   if jax.process_index() == 0:
     print(line, flush=True)
+
+
+def budget_line(summary: dict) -> str:
+  """The one console line of a run that stopped on train.time_budget: where it is and how to go on."""
+  return (f"stopped on its time budget at step {summary['step']}/{summary['num_steps']} "
+          f"(train.time_budget={summary['budget_min']:g} min, {summary['elapsed_min']:.1f} min used); "
+          f"validation MAD {summary['val_mad']:.4f} vs bicubic {summary['bicubic_mad']:.4f}, best "
+          f"{summary['best_val_mad']:.4f} in {summary['best_checkpoint']}; checkpoints: "
+          f"{summary['checkpoints']}; to go on, re-run the same command with a larger "
+          f"--config.train.time_budget (or 0 for none): it resumes from step {summary['step']}")
 
 
 _TEACHER_NAMES = {roles.NO_TEACHER: 'none', roles.DSR: 'DSRNet', roles.DENET: 'DENet', roles.MUTUAL: 'mutual'}
