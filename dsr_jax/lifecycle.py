@@ -7,6 +7,11 @@ jax.distributed every process must stop at the same step, which a signal seen by
 there JAX's preemption service (started by jax.distributed.initialize, and holding SIGTERM itself) agrees
 on the step, and `reached_preemption_sync_point` is asked after every step.
 
+The same request carries `train.time_budget`: a wall-clock limit for the whole run, counted from the
+process's start (`process_start`), checked at log steps (where the loop syncs with the device anyway and
+knows its true pace). A budget stop takes the preemption's path (save the step, exit 0, the same command
+resumes); train adds the final validation, for which a notice 30 s before SIGKILL leaves no time.
+
 `workdir_lock` holds an exclusive flock on a file in the workdir for the run's life. The kernel drops it
 when the process dies however it dies, so a killed run never leaves a stale lock behind.
 """
@@ -17,21 +22,72 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import jax
 
 from dsr_jax.errors import UserError
 
 LOCK_NAME = '.train.lock'
+BUDGET = 'time budget'  # StopRequest.signal_name of a budget stop
+_IMPORTED = time.time()
+
+
+def process_start() -> float:
+  """The time.time() at which this process started (Linux /proc); elsewhere, when this module was imported.
+
+  The budget counts the interpreter's start, imports and compilation too: a Colab session or a preemptible
+  slot ends on the clock, not when training happens to begin.
+  """
+  try:
+    with open('/proc/self/stat') as f:
+      after_name = f.read().rsplit(')', 1)[1].split()  # the name may hold spaces and ')'
+    ticks = int(after_name[19])  # field 22, starttime: clock ticks after boot
+    with open('/proc/uptime') as f:
+      uptime = float(f.read().split()[0])
+    return time.time() - (uptime - ticks / os.sysconf('SC_CLK_TCK'))
+  except (OSError, ValueError, IndexError):
+    return _IMPORTED
 
 
 class StopRequest:
-  """Context manager; `requested(step)` says whether to save `step` and stop. Call it after every step."""
+  """Context manager; `requested(step)` says whether to save `step` and stop. Call it after every step.
 
-  def __init__(self):
+  budget_min > 0 (train.time_budget) adds a deadline `started` + budget_min minutes (started: a time.time(),
+  default now); `over_budget` asks it at log steps.
+  """
+
+  def __init__(self, budget_min: float = 0.0, started: float | None = None):
     self.signal_name = ''
     self._old = {}
     self._distributed = False
+    self.budget_s = float(budget_min) * 60.0 if budget_min and budget_min > 0 else None
+    self.started = time.time() if started is None else float(started)
+    self._over = False
+
+  def elapsed(self) -> float:
+    return time.time() - self.started
+
+  def over_budget(self, work_left_s: float) -> bool:
+    """Whether the time spent plus `work_left_s` (the caller's estimate of what the run must still do before
+    it can stop: the next log interval, the final validation and save) would pass the budget; once true,
+    `requested` says stop. Every process calls it at the same steps; process 0's clock decides for all."""
+    if self.budget_s is None or self._over:
+      return self._over
+    over = self.elapsed() + max(work_left_s, 0.0) > self.budget_s
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      import numpy as np  # pylint: disable=g-import-not-at-top
+      over = bool(multihost_utils.broadcast_one_to_all(np.asarray(over, np.int32)))
+    if over:
+      self._over = True
+      self.signal_name = self.signal_name or BUDGET
+    return self._over
+
+  @property
+  def on_budget(self) -> bool:
+    """Whether the stop is the budget's (a signal that came first keeps its name)."""
+    return self.signal_name == BUDGET
 
   def __enter__(self):
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
@@ -86,6 +142,8 @@ class StopRequest:
       self._wakeup = None
 
   def requested(self, step: int) -> bool:
+    if self._over:
+      return True
     if self._distributed:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       if multihost_utils.reached_preemption_sync_point(step):
