@@ -5,7 +5,7 @@
   no_spnet     cross-task without SPNet (no structure loss)
   fixed_roles  fixed roles: DENet always teaches (no role exchange)
 
-The first version of the method (before Revision 2) is configs/ablation_v1.py.
+The first version of the method (before the rules of docs/method.md) is configs/ablation_v1.py.
 """
 from dsr_jax.configs import default
 

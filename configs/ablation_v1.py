@@ -1,4 +1,4 @@
-"""The first version of cross-task transfer (before ARCHITECTURE.md's Revision 2), kept as an ablation.
+"""The first version of cross-task transfer (before the rules of docs/method.md), kept as an ablation.
 
 Algorithm 1 read literally: the lower-error network is frozen outright (parameters, Adam moments and count),
 the side heads get no supervision and no bicubic residual, the affinity is the softmax of raw dot products,

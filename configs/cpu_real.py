@@ -6,8 +6,8 @@
 
 The argument is a comma list: the scale (x2, x4, x8, x16) and at most one variant (wo_ct, fixed). Every run of a
 scale sees the same data, crops and number of steps, so the rows are comparable. Training data: the
-middlebury_lu train split (26 images of 0-255 disparity: one depth convention for DENet, Revision 2 rule 6);
-never the six Middlebury 2005 benchmark scenes (readers.BENCHMARK_SCENES).
+middlebury_lu train split (26 images of 0-255 disparity: one depth convention for DENet, docs/method.md
+rule 6); never the six Middlebury 2005 benchmark scenes (readers.BENCHMARK_SCENES).
 Needs the data directory of ../shared/data: --config.data.dir=DIR or $DSR_DATA_DIR.
 """
 from dsr_jax.configs import default

@@ -53,12 +53,12 @@ def get_config(arg=None):
   m.dtype = 'float32'  # Compute dtype ('float32' | 'bfloat16'); params and optimizer stay float32.
   m.use_denet = True  # False = DSRNet alone ("w/o CT" ablation).
   m.use_spnet = True  # False = cross-task without SPNet.
-  # Revision 2, rule 1: DSRNet's side outputs D^n_sr carry the same bicubic global residual as its main output
-  # (the first version's side heads had none).
+  # docs/method.md, rule 1: DSRNet's side outputs D^n_sr carry the same bicubic global residual as its main
+  # output (the first version's side heads had none).
   m.side_residual = True
-  # Revision 2, rule 5 (an extension beyond the paper): what DENet sees. 'rgb' = the paper's monocular DENet;
-  # 'rgbd' = RGB plus the bicubic-upsampled LR depth (a colour-guided teacher, training time only). Test time
-  # is DSRNet alone either way.
+  # docs/method.md, rule 5 (an extension beyond the paper): what DENet sees. 'rgb' = the paper's monocular
+  # DENet; 'rgbd' = RGB plus the bicubic-upsampled LR depth (a colour-guided teacher, training time only).
+  # Test time is DSRNet alone either way.
   m.teacher_input = 'rgb'
   m.teacher_residual = True  # 'rgbd' only: DENet adds the bicubic upsampled LR to its outputs, as DSRNet does.
 
@@ -70,16 +70,17 @@ def get_config(arg=None):
   l.rho1 = 0.1  # (choice) weight of the structure loss in the student objectives.
   l.rho2 = 0.1  # (choice) weight of L_distill in the student objectives.
   l.use_affinity = True  # False = CT without affinity distillation.
-  # Revision 2, rule 1: deep supervision of the side heads. L_DSR and L_DE add side_weight * (1/T) sum_n
+  # docs/method.md, rule 1: deep supervision of the side heads. L_DSR and L_DE add side_weight * (1/T) sum_n
   # mean|D^n - D_hr|, so the side outputs that L_O distils live in depth space (0 = the first version).
   l.side_weight = 1.0
-  # Revision 2, rule 3: 'cosine' = per-pixel L2-normalised pooled features, A = softmax(R R^T / tau), L_A the
-  # per-row L1 between the two distributions (in [0, 2], so it does not shrink with P^2). 'raw' = the first
-  # version, softmax(R R^T) and the mean over all entries, which is uniform (~1e-5) on small pooled features.
+  # docs/method.md, rule 3: 'cosine' = per-pixel L2-normalised pooled features, A = softmax(R R^T / tau),
+  # L_A the per-row L1 between the two distributions (in [0, 2], so it does not shrink with P^2). 'raw' = the
+  # first version, softmax(R R^T) and the mean over all entries, which is uniform (~1e-5) on small pooled
+  # features.
   l.affinity = 'cosine'
   l.affinity_tau = 0.1  # 'cosine' only: softmax temperature.
-  # Revision 2, rule 4: SPNet's uncertainty branch sees stop_gradient(D) - D_hr, so L_struct cannot reward a
-  # network for shaping its error like the depth edges; the features F^T still get SPNet's gradient.
+  # docs/method.md, rule 4: SPNet's uncertainty branch sees stop_gradient(D) - D_hr, so L_struct cannot
+  # reward a network for shaping its error like the depth edges; the features F^T still get SPNet's gradient.
   l.detach_uncertainty = True
 
   # ---------------------------------------------------------------- optimisation
@@ -105,13 +106,13 @@ def get_config(arg=None):
   # Fine-tuning: DSRNet starts from this trained checkpoint (a shipped name such as dsrnet_x4, a workdir or a
   # step directory) instead of a random init; '' = random. Read at the start only: a resume ignores it.
   t.init_from = ''
-  # Revision 2, rule 7: who learns from whom in stage 2. 'rule' = Algorithm 1 (the lower mean error of the
+  # docs/method.md, rule 7: who learns from whom in stage 2. 'rule' = Algorithm 1 (the lower mean error of the
   # previous round teaches; ties go to DSRNet); 'fixed_denet' / 'fixed_dsr' = that net always teaches;
   # 'mutual' = each net is the other's student in every step (L_distill both ways, one more compiled step).
   # Under 'rule' DSRNet has taught in every round measured so far, so distillation never reaches it.
   t.roles = 'rule'
-  # Revision 2, rule 2: 'task' = the teacher keeps training on its own task loss (with side supervision) and
-  # rho1 * L_struct, while L_distill reaches the student only (stop_gradient of the teacher's outputs).
+  # docs/method.md, rule 2: 'task' = the teacher keeps training on its own task loss (with side supervision)
+  # and rho1 * L_struct, while L_distill reaches the student only (stop_gradient of the teacher's outputs).
   # 'frozen' = Algorithm 1 read literally: the teacher's parameters, Adam moments and count stay unchanged.
   t.teacher_update = 'task'
   # TensorBoard grad/<term>/<net>: the global norm of the gradient each weighted loss term sends into each

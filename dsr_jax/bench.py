@@ -128,8 +128,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                  help='non-square HR size for infer, e.g. 1080x1320 (overrides --hr; both divisible by --scale)')
   p.add_argument('--iters', type=errors.positive_int, default=5)
   p.add_argument('--phase', default='dsr_student', choices=['stage1', 'dsr_student', 'de_student', 'mutual'])
-  # The peer's Revision 2 flags; its first version is --teacher-update frozen --affinity raw --side-weight 0
-  # --no-detach-uncertainty.
+  # The peer's flags for rules 1-4 of docs/method.md; its first version is --teacher-update frozen
+  # --affinity raw --side-weight 0 --no-detach-uncertainty.
   p.add_argument('--teacher-update', default='task', choices=['task', 'frozen'])
   p.add_argument('--affinity', default='cosine', choices=['cosine', 'raw'])
   p.add_argument('--side-weight', type=float, default=1.0)
@@ -368,7 +368,7 @@ def cmd_compare(a) -> dict:
             '--de-blocks', a.de_blocks, '--affinity-pool', a.affinity_pool, '--batch', a.batch, '--hr', a.hr,
             '--iters', a.iters]
   shared = [str(x) for x in shared] + ['--teacher-input', a.teacher_input]
-  if a.mode == 'train':  # the Revision 2 flags, the same spelling on both sides
+  if a.mode == 'train':  # the flags of docs/method.md's rules, the same spelling on both sides
     shared += ['--teacher-update', a.teacher_update, '--affinity', a.affinity, '--side-weight', str(a.side_weight)]
     shared += ['--no-detach-uncertainty'] if a.no_detach_uncertainty else []
   ours_cmd = [sys.executable, '-m', 'dsr_jax.bench', a.mode, *shared, '--dtype', a.dtype, '--bp-impl', a.bp_impl,

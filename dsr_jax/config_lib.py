@@ -55,12 +55,24 @@ def load_config(path: str, arg=None, **overrides) -> ml_collections.ConfigDict:
   return config
 
 
-# Numeric fields and their ranges: (dotted name or '*' pattern, kind, low, high, low open?). Checked before a
-# run writes anything; a NaN learning rate would otherwise train to a NaN loss and a checkpoint of zeros.
+# Tile context (LR pixels a side) accepted by eval.overlap and predict --overlap. The margin is raised to the
+# network's receptive field (6 x model.stages: 24 for the default, 42 for the paper's T=7) anyway, and context
+# beyond it never changes the output; a larger value only grows every window, (tile + 2 overlap)^2.
+MAX_OVERLAP = 256
+# Every integer field must fit JAX's default int32 (seeds, step counts and schedules become int32 arrays).
+INT32_MAX = 2 ** 31 - 1
+# A procedural scene is made whole in memory (RGB + depth in float32: 16 bytes a pixel, 1 GiB at this side).
+MAX_SYNTHETIC_SIDE = 8192
+
+# Numeric fields and their ranges: (dotted name or '*' pattern, kind, low, high, low open?[, high open?]).
+# Checked before a run writes anything; a NaN learning rate would otherwise train to a NaN loss and a
+# checkpoint of zeros.
 _RANGES = (
+    ('seed', int, 0, INT32_MAX, False),
     ('optim.*.lr', float, 0.0, None, True),
-    ('optim.*.b1', float, 0.0, 1.0, False),
-    ('optim.*.b2', float, 0.0, 1.0, False),
+    # Adam divides by 1 - b^t: b = 1 divides by zero.
+    ('optim.*.b1', float, 0.0, 1.0, False, True),
+    ('optim.*.b2', float, 0.0, 1.0, False, True),
     ('optim.*.warmup_steps', int, 0, None, False),
     ('optim.*.grad_clip', float, 0.0, None, False),
     ('loss.ssim_lambda', float, 0.0, 1.0, False),
@@ -89,7 +101,13 @@ _RANGES = (
     ('eval.every_steps', int, 0, None, False),
     ('eval.tile', int, 0, None, False),
     ('eval.figure_scenes', int, 0, None, False),
-    ('eval.overlap', int, 0, None, False),
+    ('eval.overlap', int, 0, MAX_OVERLAP, False),
+    ('model.channels', int, 1, None, False),
+    ('model.feat', int, 1, None, False),
+    ('model.stages', int, 1, None, False),
+    ('model.de_blocks', int, 1, None, False),
+    ('data.synthetic.num_train', int, 1, None, False),
+    ('data.synthetic.num_val', int, 1, None, False),
     ('ckpt.every_steps', int, 1, None, False),
     ('ckpt.keep', int, 1, None, False),
 )
@@ -105,22 +123,54 @@ def _leaves(node, prefix=''):
 
 
 def check_numbers(config) -> None:
-  """Every float field finite, and the fields of _RANGES inside their ranges; ConfigError names the field."""
+  """Every field of the type configs/default.py gives it, every float finite, every integer within int32,
+  and the fields of _RANGES inside their ranges; ConfigError names the field."""
   import fnmatch  # pylint: disable=g-import-not-at-top
   import math  # pylint: disable=g-import-not-at-top
   leaves = dict(_leaves(config))
+  _check_types(leaves)
   for name, v in leaves.items():
     if isinstance(v, float) and not math.isfinite(v):
       raise ConfigError(f'{name}={v!r}: expected a finite number')
-  for pattern, kind, lo, hi, open_lo in _RANGES:
+    if isinstance(v, int) and not isinstance(v, bool) and not -INT32_MAX - 1 <= v <= INT32_MAX:
+      raise ConfigError(f'{name}={v!r}: expected an integer within int32 (|value| < 2**31)')
+  for pattern, kind, lo, hi, open_lo, *open_hi in _RANGES:
     for name in fnmatch.filter(leaves, pattern):
       v = leaves[name]
       if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
         raise ConfigError(f'{name}={v!r}: expected {"an integer" if kind is int else "a number"}')
       too_low = v <= lo if open_lo else v < lo
-      if too_low or (hi is not None and v > hi):
-        rng = (f'> {lo}' if open_lo else f'>= {lo}') + (f' and <= {hi}' if hi is not None else '')
+      too_high = hi is not None and (v >= hi if open_hi and open_hi[0] else v > hi)
+      if too_low or too_high:
+        rng = ((f'> {lo}' if open_lo else f'>= {lo}') +
+               (f' and {"<" if open_hi and open_hi[0] else "<="} {hi}' if hi is not None else ''))
         raise ConfigError(f'{name}={v!r}: expected a value {rng}')
+
+
+def _check_types(leaves: dict) -> None:
+  """Each field of configs/default.py holds what its default holds: a config file can assign anything (an
+  override cannot: ml_collections checks those), and a string where a bool belongs is always true."""
+  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
+  for name, ref in _leaves(default.get_config()):
+    if name not in leaves or ref is None:
+      continue
+    v = leaves[name]
+    if isinstance(ref, bool):
+      ok, want = isinstance(v, bool), 'True or False'
+    elif isinstance(ref, int):
+      ok, want = isinstance(v, int) and not isinstance(v, bool), 'an integer'
+    elif isinstance(ref, float):
+      ok, want = isinstance(v, (int, float)) and not isinstance(v, bool), 'a number'
+    elif isinstance(ref, str):
+      ok, want = isinstance(v, str), 'a string'
+    elif isinstance(ref, (tuple, list)):
+      ok = (isinstance(v, (tuple, list)) and len(v) == len(ref) and
+            all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
+      want = f'{len(ref)} numbers like {tuple(ref)}'
+    else:
+      continue
+    if not ok:
+      raise ConfigError(f'{name}={v!r}: expected {want}')
 
 
 MODES = ('train', 'eval')
@@ -148,6 +198,13 @@ def _validate_train(config) -> None:
   cross_task = bool(config.model.use_denet)
   roles.validate(config, cross_task)
   models_lib.build(config.model)
+  from dsr_jax import optim  # pylint: disable=g-import-not-at-top
+  for net in config.optim:
+    optim.schedule(config.optim[net], config.train.num_steps)  # its ConfigError names a bad schedule
+  size = config.data.synthetic.size
+  if config.data.name == 'synthetic_rgbd' and not all(config.data.crop <= n <= MAX_SYNTHETIC_SIDE for n in size):
+    raise ConfigError(f'data.synthetic.size={tuple(size)!r}: expected sides from data.crop={config.data.crop} '
+                      f'to {MAX_SYNTHETIC_SIDE} (a scene is made whole in memory, 16 bytes a pixel)')
   scale, crop = config.model.scale, config.data.crop
   if crop % scale:
     raise ConfigError(f'data.crop: expected a positive multiple of model.scale={scale}, got {crop!r}')

@@ -1,4 +1,4 @@
-"""Pure loss functions (ARCHITECTURE.md "Losses"). Every term takes the valid mask of the HR depth.
+"""Pure loss functions (docs/method.md, "Losses"). Every term takes the valid mask of the HR depth.
 
 Shapes are NHWC; `valid` is (B, H, W, 1) with 1 where the ground truth is a real measurement.
 """
@@ -72,7 +72,7 @@ def affinity(f, p: int, kind: str = 'raw', tau: float = 0.1):
   """Row-softmax affinity of F average-pooled to p x p; R is the (h*w) x C matrix of pooled features.
 
   'raw': softmax_rows(R R^T) (the first version). 'cosine': R's rows L2-normalised after pooling, then
-  softmax_rows(R R^T / tau) (Revision 2, rule 3).
+  softmax_rows(R R^T / tau) (docs/method.md, rule 3).
   """
   f = adaptive_avg_pool(f.astype(jnp.float32), p)
   r = f.reshape(f.shape[0], -1, f.shape[-1])

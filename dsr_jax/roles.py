@@ -1,9 +1,10 @@
-"""Phases as data, and the role exchange (ARCHITECTURE.md "Schedule" and Revision 2).
+"""Phases as data, and the role exchange (docs/method.md, "Schedule and routing", rules 2 and 7).
 
 A `Phase` says which networks' optimizers step and which loss terms make up the objective: each `Term` has
 a weight and the networks its gradient may reach ("reach"). `steps.loss_fn` sums the weighted terms and
 cuts (stop_gradient) every other network's outputs out of a term; it never looks at a phase's name. The
-phases are built once from the config (`make_phases`), so the routing table of Revision 2 lives here only.
+phases are built once from the config (`make_phases`), so the routing table (docs/method.md, "Schedule and
+routing") lives here only.
 
 Compiled train steps: stage 1, DSR-student and DE-student (plus 'mutual' for train.roles='mutual' only, or
 'dsr_only' for "w/o CT"). The phase is a static argument of the step, so a role switch picks another

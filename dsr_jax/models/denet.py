@@ -22,8 +22,8 @@ class ResBlock(nn.Module):
 class DENet(nn.Module):
   """Input (B, H, W, 3) RGB in [0, 1]. Same output convention as DSRNet (a NetOutput when train=True).
 
-  depth_input (Revision 2, rule 5, `model.teacher_input='rgbd'`): DENet also sees the bicubic-upsampled LR
-  depth (B, H/s, W/s, 1), as a fourth input channel; with `residual` that upsampling is also added to its
+  depth_input (docs/method.md, rule 5, `model.teacher_input='rgbd'`): DENet also sees the bicubic-upsampled
+  LR depth (B, H/s, W/s, 1), as a fourth input channel; with `residual` that upsampling is also added to its
   main and side outputs, as DSRNet does. Without depth_input the LR argument is ignored.
   """
   channels: int = 64

@@ -26,7 +26,7 @@ class DSRNet(nn.Module):
   feat: int = 256
   stages: int = 4
   residual: bool = True
-  side_residual: bool = True  # side outputs carry the same bicubic residual (Revision 2, rule 1)
+  side_residual: bool = True  # side outputs carry the same bicubic residual (docs/method.md, rule 1)
   impl: str = 'polyphase'
   dtype: Any = jnp.float32
 
