@@ -4,6 +4,7 @@ Entry points catch `UserError` and print its one-line message with exit status 2
 code raises it with a message that names the file or field and what was expected.
 """
 import argparse
+import os
 
 
 class UserError(ValueError):
@@ -42,3 +43,32 @@ def positive_int(text: str) -> int:
   if value < 1:
     raise argparse.ArgumentTypeError(f'{text!r}: expected a positive integer')
   return value
+
+
+def check_backend() -> None:
+  """Starts JAX's backend now, turning a failure into one UserError that names JAX_PLATFORMS.
+
+  Main, predict and export call it before their first use of JAX: left to the first jax.devices() inside
+  Orbax or the training loop, `JAX_PLATFORMS=cuda` on a machine without CUDA surfaces as a double traceback
+  or, caught by a checkpoint read, as a damaged checkpoint.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  try:
+    jax.devices()
+    return
+  except Exception as e:  # pylint: disable=broad-except  (RuntimeError, or a bare AssertionError for 'cuda')
+    error = e
+  wanted = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')
+  try:  # What starts when JAX picks for itself: the platforms this machine does offer.
+    xla_bridge._clear_backends()  # pylint: disable=protected-access
+    jax.config.update('jax_platforms', None)
+    offered = ', '.join(sorted(xla_bridge.backends()))
+  except Exception:  # pylint: disable=broad-except
+    offered = 'none that JAX can start'
+  reason = one_line(error, 120)
+  if wanted:
+    raise UserError(f'JAX_PLATFORMS={wanted!r}: JAX cannot start that backend ({reason}); this machine offers: '
+                    f'{offered} (unset JAX_PLATFORMS or set it to one of those)')
+  raise UserError(f'JAX cannot start a backend ({reason}); JAX_PLATFORMS is unset; this machine offers: '
+                  f'{offered}')
