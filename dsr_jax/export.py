@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 
+from dsr_jax import errors
 from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
@@ -33,7 +34,9 @@ def _check_output(out: str, overwrite: bool):
   if os.path.islink(out):
     # rmtree refuses links and replacing one would not write where it points: fail now, not after writing.
     raise UserError(f'--output {out}: is a symbolic link (expected a directory path)')
-  paths.check_dir_target(out, '--output')
+  # An export may replace an export (--overwrite), but never write into a checkpoint (a shipped one would
+  # then fail its SHA256SUMS) nor into a system directory.
+  paths.check_dir_target(out, '--output', may_be_checkpoint=True)
   # The export is staged beside `out`, so its parent (or the nearest existing ancestor) must take writes.
   paths.check_dir_target(os.path.dirname(out), '--output parent', writable=True)
   if os.path.isdir(out) and os.listdir(out) and not overwrite:
@@ -70,11 +73,13 @@ def _check_disjoint(out: str, checkpoint: str, root: str, step: int):
 
 def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
   """Writes DSRNet's parameters + config of `checkpoint` to `output`/<step>/; returns that directory."""
-  out = os.path.abspath(os.path.expanduser(output))
-  _check_output(out, overwrite)
+  out = os.path.abspath(os.path.expanduser(paths.check_path_text(output, '--output')))
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  root, step = restore.resolve_checkpoint(checkpoint)
+  root, step = restore.resolve_checkpoint(paths.check_path_text(checkpoint, '--checkpoint'))
+  # The source first: an output inside it is named as such, not as some checkpoint directory.
   _check_disjoint(out, checkpoint, root, step)
+  _check_output(out, overwrite)
+  errors.check_backend()
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   # The step directory, not `checkpoint`: what was checked above is what gets read.
   config, params, info = restore.load_params(os.path.join(root, str(step)), ('dsr',))

@@ -25,6 +25,7 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.', 
 def run(config, workdir: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from dsr_jax.errors import check_backend  # pylint: disable=g-import-not-at-top
   from dsr_jax.errors import one_line  # pylint: disable=g-import-not-at-top
   try:
     from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -36,6 +37,7 @@ def run(config, workdir: str) -> int:
     xla_options.set_cpu_convolutions(config.cpu_convolutions)
     if config.train.distributed:
       jax.distributed.initialize()
+    check_backend()
     if config.mode == 'train':
       from dsr_jax import lifecycle  # pylint: disable=g-import-not-at-top
       from dsr_jax import train  # pylint: disable=g-import-not-at-top
@@ -77,6 +79,14 @@ def run(config, workdir: str) -> int:
     where = f'{e.filename}: ' if e.filename else ''
     print(f'error: {where}{e.strerror or one_line(e)}', file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    # Ctrl-C before the training loop took over SIGINT (start-up, compiling, evaluating): one line, and no
+    # interpreter shutdown, where XLA's and Orbax's threads still running would crash it.
+    print('interrupted (SIGINT): stopped at once; checkpoints saved before are intact (re-run the same '
+          'command to resume a training run)', file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # pylint: disable=protected-access
 
 
 def main(argv):

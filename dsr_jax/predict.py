@@ -50,17 +50,24 @@ import io
 import logging
 import os
 import pathlib
+import signal
+import stat
+import struct
 import sys
 import tempfile
+import threading
 import time
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image
 
 from dsr_jax import paths
+from dsr_jax.config_lib import MAX_OVERLAP
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
+from dsr_jax.errors import check_backend
 from dsr_jax.errors import one_line
 from dsr_jax.errors import positive_int
 
@@ -96,14 +103,126 @@ def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
   return a, kind
 
 
-def _read_depth(path: pathlib.Path) -> tuple[np.ndarray, str, bool]:
-  """read_depth, and whether the stored array had a trailing channel axis of 1."""
+def _check_npy(path: pathlib.Path) -> None:
+  """Refuses a .npy whose header does not describe the file: np.load would allocate what the header declares
+  (a 100000 x 100000 header over 100 bytes: MemoryError) or ignore bytes the header does not account for."""
+  fmt = np.lib.format
+  try:
+    with open(path, 'rb') as f:
+      version = fmt.read_magic(f)
+      read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+      shape, _, dtype = read(f)
+      offset = f.tell()
+  except (OSError, ValueError, EOFError, SyntaxError, TypeError) as e:
+    raise UserError(f'{path}: cannot read .npy depth ({one_line(e)}); expected a complete 2-D numeric '
+                    'array saved with numpy.save') from e
+  if dtype.hasobject:
+    raise UserError(f'{path}: a .npy of Python objects (dtype {dtype}); expected a float or integer depth array')
+  want = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+  size = os.path.getsize(path)
+  if size != want:
+    what = 'is truncated' if size < want else f'holds {size - want} bytes beyond'
+    raise UserError(f'{path}: {what} the {shape} {dtype} array its header declares ({want} bytes, the file has '
+                    f'{size}); expected a complete array saved with numpy.save')
+
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_data_size(w: int, h: int, bits_per_pixel: int, interlaced: bool) -> int:
+  """Bytes of filtered scanlines (a filter byte per row) that IHDR's size implies."""
+  passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+  total = 0
+  for x0, y0, dx, dy in passes:
+    pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+    if pw > 0 and ph > 0:
+      total += ph * (1 + (pw * bits_per_pixel + 7) // 8)
+  return total
+
+
+def _check_png(path: pathlib.Path) -> None:
+  """Refuses a PNG whose content is not the image its header declares, before Pillow decodes it.
+
+  Pillow skips the CRCs of image data and fills rows that a short (but well-ended) data stream lacks with
+  zeros: a 100-byte file would decode as a 6000 x 6000 map. Here every chunk's CRC must hold and the image
+  data must inflate, to the end of the zlib stream (its Adler-32 checked), to exactly the bytes IHDR's size
+  implies. Inflated data are counted, not kept; more than declared stops the count.
+  """
+  def bad(why):
+    return UserError(f'{path}: {why}; expected an 8- or 16-bit single-channel PNG')
+  with open(path, 'rb') as f:
+    if f.read(8) != _PNG_SIGNATURE:
+      raise bad('not a PNG file (no PNG signature)')
+    header, inflater, got, want, idat = None, zlib.decompressobj(), 0, 0, 'none'
+    while True:
+      head = f.read(8)
+      if len(head) < 8:
+        raise bad('truncated: the file ends before its IEND chunk')
+      length, kind = struct.unpack('>I4s', head)
+      data, crc = f.read(length), f.read(4)
+      if len(data) < length or len(crc) < 4:
+        raise bad(f'truncated inside its {kind!r} chunk')
+      if zlib.crc32(kind + data) != struct.unpack('>I', crc)[0]:
+        raise bad(f'damaged: its {kind.decode("latin-1")!r} chunk fails its CRC')
+      if header is None:
+        if kind != b'IHDR' or length != 13:
+          raise bad('damaged: the first chunk is not IHDR')
+        w, h, depth, colour, _, _, interlace = header = struct.unpack('>IIBBBBB', data)
+        if not (w and h) or colour not in _PNG_CHANNELS or interlace not in (0, 1):
+          raise bad(f'damaged: IHDR declares {w}x{h}, colour type {colour}, interlace {interlace}')
+        want = _png_data_size(w, h, depth * _PNG_CHANNELS[colour], bool(interlace))
+      elif kind == b'IDAT':
+        if idat == 'done':
+          raise bad('damaged: its image data (IDAT) chunks are not consecutive')
+        idat = 'open'
+        try:
+          while data and not inflater.eof:
+            got += len(inflater.decompress(data, 1 << 20))
+            data = inflater.unconsumed_tail
+            if got > want:
+              raise bad(f'damaged: its image data inflate to more than the {want} bytes its header\'s '
+                        f'{w}x{h} declares')
+        except zlib.error as e:
+          raise bad(f'damaged: its image data are not a valid zlib stream ({e})') from e
+      elif kind == b'IEND':
+        break
+      elif idat == 'open':
+        idat = 'done'
+  if idat == 'none':
+    raise bad('no image data (IDAT) chunk')
+  if got != want or not inflater.eof:
+    raise bad(f'damaged: its image data hold {got} of the {want} bytes its header\'s {w}x{h} declares'
+              + ('' if inflater.eof else ', and their zlib stream does not end'))
+  if colour == 0 and depth not in (8, 16):
+    # Pillow would rescale 1/2/4-bit grey to 0-255, and the output would be 8-bit: not the input's type.
+    raise bad(f'a {depth}-bit greyscale PNG (its values would be rescaled and its output stored in another type)')
+
+
+def _check_regular(path: pathlib.Path) -> None:
+  """Only regular files are read: a FIFO blocks forever, /dev/zero never ends, a directory is no image."""
   if path.is_symlink() and not path.exists():
     raise UserError(f'{path}: symbolic link to {os.readlink(path)!r}, which does not resolve (dangling or a '
                     'loop); expected a .png or .npy depth map')
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:
+    raise UserError(f'{path}: cannot read it ({one_line(e)})') from e
+  if not stat.S_ISREG(mode):
+    what = ('a directory' if stat.S_ISDIR(mode) else 'a FIFO' if stat.S_ISFIFO(mode) else
+            'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'a socket' if stat.S_ISSOCK(mode)
+            else 'not a regular file')
+    raise UserError(f'{path}: is {what}, not a regular file; expected a .png or .npy depth map')
+
+
+def _read_depth(path: pathlib.Path) -> tuple[np.ndarray, str, bool]:
+  """read_depth, and whether the stored array had a trailing channel axis of 1."""
+  _check_regular(path)
   suffix = path.suffix.lower()
   channel_axis = False
   if suffix == '.npy':
+    _check_npy(path)
     try:
       a = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
@@ -123,6 +242,7 @@ def _read_depth(path: pathlib.Path) -> tuple[np.ndarray, str, bool]:
     return a, 'npy', channel_axis
   if suffix != '.png':
     raise UserError(f'{path}: unsupported file type {path.suffix!r} (expected a .png or .npy depth map)')
+  _check_png(path)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', Image.DecompressionBombWarning)
@@ -160,13 +280,13 @@ def hole_mask(a: np.ndarray) -> np.ndarray:
 def list_inputs(path: str) -> list[pathlib.Path]:
   p = pathlib.Path(path).expanduser()
   if p.is_dir():
-    # Links that lead nowhere are kept, to fail in read_depth: skipping them would drop inputs silently.
-    files = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES
-                   and (q.is_file() or (q.is_symlink() and not q.exists())))
+    # Every entry with a depth suffix is kept, to fail in read_depth unless it is a regular file (a link
+    # that leads nowhere, a FIFO, a directory): skipping them would drop inputs silently.
+    files = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES)
     if not files:
       raise UserError(f'--input {p}: directory has no .png or .npy files')
     return files
-  if not p.exists():
+  if not p.exists() and not p.is_symlink():
     raise UserError(f'--input {p}: no such file or directory')
   return [p]
 
@@ -228,23 +348,7 @@ def output_paths(inp: DepthInput, out_dir: pathlib.Path, scale: int) -> tuple[pa
   return out_dir / f'{stem}_x{scale}.{ext}', out_dir / f'{stem}_x{scale}_color.png'
 
 
-def check_not_in_checkpoint(out_dir: pathlib.Path) -> None:
-  """Refuses an output inside any checkpoint directory (a run's checkpoints/, an export, one step): a
-  directory there named by an integer is taken for a step, and files in a step dir for part of it."""
-  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  real = pathlib.Path(os.path.realpath(out_dir))
-  for d in (real, *real.parents):
-    # A directory is a checkpoint directory when it holds an integer-named step; requiring the step's
-    # contents (not only a name) keeps a user's numbered folders out.
-    steps = restore.saved_steps(d)
-    if any(restore._is_step_dir(d / str(s)) for s in steps):  # pylint: disable=protected-access
-      where = 'is' if d == real else 'lies inside'
-      raise UserError(f'--output {out_dir}: {where} the checkpoint directory {d} (expected a directory '
-                      'outside any checkpoint: what predict writes there would become part of it)')
-
-
 def check_outputs(inputs, out_dir: pathlib.Path, scale: int, overwrite: bool):
-  check_not_in_checkpoint(out_dir)  # first: the write probe below must not touch a checkpoint directory
   paths.check_dir_target(out_dir, '--output', writable=True)
   seen = {}
   for inp in inputs:
@@ -286,9 +390,10 @@ def _stage(path: pathlib.Path, write, staged: list) -> None:
   """Writes `path`'s content under a temporary name beside it, recorded in `staged` as (temporary, path);
   `commit` renames them all once every output is written."""
   try:
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    staged.append((tmp, path))
+    with _signals_held():  # a file that exists is a file on the list, which the clean-up removes
+      fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+      os.close(fd)
+      staged.append((tmp, path))
     write(tmp)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
   except OSError as e:
@@ -328,6 +433,9 @@ def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: p
   nan_holes = np.isnan(a) if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any() else None
   x = np.where(holes, 0, a).astype(np.float32) / np.float32(norm)
   x = transforms.fill_invalid(x, ~holes)  # the network never sees a hole
+  # Context beyond the image's own size is only its reflection: capped there, the result is the same and
+  # memory stays bounded by the image (an --overlap of 100000 would ask for windows of 200000 pixels a side).
+  overlap = min(overlap, max(a.shape))
   pred = evaluate.super_resolve(dsr, params, x, tile=tile, overlap=overlap, ensemble=ensemble,
                                 progress=progress)
   del x
@@ -415,8 +523,12 @@ def predict(args) -> int:
   """Runs the CLI on parsed `args`; raises UserError for any user mistake."""
   if args.tile < 0 or 0 < args.tile < MIN_TILE:
     raise UserError(f'--tile {args.tile}: expected 0 (whole image) or >= {MIN_TILE} input pixels')
-  if args.overlap < 0:
-    raise UserError(f'--overlap {args.overlap}: expected >= 0')
+  if not 0 <= args.overlap <= MAX_OVERLAP:
+    raise UserError(f'--overlap {args.overlap}: expected 0 to {MAX_OVERLAP} input pixels (context beyond the '
+                    "network's receptive field, 6 x model.stages, never changes the output; it is also capped "
+                    "at each image's size)")
+  for field, text in (('--input', args.input), ('--output', args.output), ('--checkpoint', args.checkpoint)):
+    paths.check_path_text(text, field)
   if args.norm is not None and not (np.isfinite(args.norm) and args.norm > 0):
     raise UserError(f'--norm {args.norm:g}: expected a positive number (the depth value that maps onto 1)')
   # Inputs first (no JAX needed), then the checkpoint's config; the parameters are restored only once
@@ -428,6 +540,7 @@ def predict(args) -> int:
   inputs = check_inputs(list_inputs(args.input))
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top  (JAX + Orbax: ~1 s to import)
   root, step = restore.resolve_checkpoint(args.checkpoint)
+  check_backend()  # before Orbax starts it, which would blame the checkpoint for a bad JAX_PLATFORMS
   config = restore.read_config(root, step)
   scale = int(config.model.scale)
   if args.scale is not None and args.scale != scale:
@@ -452,13 +565,13 @@ def predict(args) -> int:
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   dsr = models_lib.build(config.model).dsr
   created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again on failure
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise UserError(f'--output {out_dir}: cannot create it ({one_line(e)})') from e
   total = time.perf_counter()
   staged, committed = [], False
   try:
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f'--output {out_dir}: cannot create it ({one_line(e)})') from e
     try:
       for k, (inp, norm) in enumerate(zip(inputs, norms), 1):
         label = f'[{k}/{len(inputs)}] {inp.path}'
@@ -470,8 +583,13 @@ def predict(args) -> int:
     except UserError as e:
       raise UserError(f'{e}; no output was written (files already in --output {out_dir} are '
                       'unchanged)') from e
-    commit(staged)
-    committed = True
+    with _signals_held():  # all renames or none: a signal waits for the last one
+      commit(staged)
+      committed = True
+  except Interrupted as e:
+    e.outcome = (f'all {len(inputs)} file(s) were written to {out_dir}' if committed else
+                 f'no output was written (files already in --output {out_dir} are unchanged)')
+    raise
   finally:
     for tmp, _ in staged:
       with contextlib.suppress(FileNotFoundError):
@@ -484,6 +602,53 @@ def predict(args) -> int:
   return 0
 
 
+class Interrupted(BaseException):
+  """SIGINT or SIGTERM during predict: unwinds like an exception, so that the temporary outputs and the
+  directories predict created are removed on the way (a BaseException: no `except Exception` swallows it)."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+    self.outcome = 'nothing was written'
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+  """SIGINT and SIGTERM raise Interrupted in the main thread. Later ones are ignored: what they would
+  interrupt is the clean-up, which takes milliseconds."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    del frame
+    for sig in _STOP_SIGNALS:
+      signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+  old = {sig: signal.signal(sig, handle) for sig in _STOP_SIGNALS}
+  try:
+    yield
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_held():
+  """Holds SIGINT and SIGTERM back for the block; one that came meanwhile acts when it ends."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   # Orbax's read-only manager logs WARNINGs about options it adjusts; errors must stay one line.
@@ -491,10 +656,14 @@ def main(argv=None) -> int:
     logging.getLogger(name).setLevel(logging.ERROR)
   err = sys.stderr
   try:
-    return predict(args)
+    with _signals_raise():
+      return predict(args)
   except UserError as e:
     print(f'error: {" ".join(str(e).split())}', file=err, flush=True)
     return 2
+  except Interrupted as e:
+    print(f'interrupted ({signal.Signals(e.signum).name}): stopped; {e.outcome}', file=err, flush=True)
+    return 128 + e.signum
   finally:
     sys.stderr = err
 
