@@ -22,8 +22,35 @@ def get_config(arg=None):
   d.tfds_dir = ''  # Where prepared TFDS ArrayRecords live; '' -> read the manual dir directly (in memory).
   d.crop = 48  # HR training crop (pixels); must be a multiple of model.scale.
   d.augment = True  # Random flips and 90-degree rotations of the paired crop.
-  d.degrade = 'bicubic'  # LR degradation: 'bicubic' (MATLAB imresize, antialiased) | 'nearest' | 'box'.
+  # LR degradation: 'bicubic' (MATLAB imresize, antialiased: the paper's protocol) | 'nearest' | 'box', or
+  # 'random': a degradation drawn per crop from data.random.* (docs/method.md, "Degradations").
+  d.degrade = 'bicubic'
   d.noise_sigma = 0.0  # Gaussian noise std added to the LR, in the dataset's depth units (noisy-DSR).
+  # data.degrade='random' only. Each crop: with probability `clean` the protocol's LR exactly; otherwise a
+  # resampler from `resamplers` at a uniform sub-pixel offset within +-`offset` HR pixels (point sampling:
+  # any pixel of the block), a Gaussian blur before it (probability `blur`, std `blur_sigma` HR pixels),
+  # Gaussian noise (`noise`, std `noise_sigma` in 8-bit levels of the normalised range), depth-proportional
+  # noise (`tof`, std `tof_sigma` x depth), an 8- or 16-bit file's grid (`bits8`, `bits16`) and holes
+  # (`holes`, a `hole_frac` of the LR pixels) filled with the nearest valid value as predict fills them.
+  # Each part is drawn independently. Ranges are (low, high), drawn uniformly.
+  d.random = r = ml_collections.ConfigDict()
+  r.clean = 0.25
+  r.resamplers = 'bicubic,bicubic_noaa,bilinear,bilinear_noaa,area,point'
+  r.offset = 0.5
+  r.blur = 0.25
+  r.blur_sigma = (0.3, 1.5)
+  r.noise = 0.5
+  r.noise_sigma = (0.2, 3.0)
+  r.tof = 0.2
+  r.tof_sigma = (0.002, 0.02)
+  r.bits8 = 0.5
+  r.bits16 = 0.2
+  r.holes = 0.1
+  r.hole_frac = (0.0, 0.03)
+  # The LR that validation scores (and so the best checkpoint): a comma list of degradation.EVAL_CHOICES
+  # ('protocol' = data.degrade as the paper's protocol makes it; 'robust' = every row of the robustness
+  # table). Each validation image is scored once per name, at a fixed seed.
+  d.val_degradations = 'protocol'
   d.lr_on_device = False  # Make the LR inside the jitted step instead of on the host (see BENCHMARKS.md).
   d.workers = 0  # grain mp_prefetch worker processes (0 = in-process).
   d.prefetch = 2  # Batches prefetched to device ahead of the step.
@@ -139,6 +166,10 @@ def get_config(arg=None):
   e.tile = 0  # Tile size for full-resolution inference (0 = whole image).
   e.overlap = 32  # Tile overlap (>= the receptive-field margin).
   e.ensemble = False  # 8-way flip/transpose self-ensemble.
+  # eval mode: the LR of the benchmark. 'protocol' = the dataset's protocol (data.degrade); any other name of
+  # degradation.EVAL_CHOICES makes it the way a user's file may have been made (at a fixed seed), and the
+  # report is named after it (python -m dsr_jax.robustness runs them all).
+  e.degradation = 'protocol'
   e.images = True  # eval mode: per-scene SR (16-bit PNG), colour and error maps, and a comparison figure.
   e.figure_scenes = 8  # eval mode: scenes in the comparison figure (the first N; each also gets a panel).
 

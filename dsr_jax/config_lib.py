@@ -193,8 +193,8 @@ def validate(config, mode: str | None = None) -> None:
 
 def _validate_train(config) -> None:
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
-  from dsr_jax import resize  # pylint: disable=g-import-not-at-top
   from dsr_jax import roles  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   cross_task = bool(config.model.use_denet)
   roles.validate(config, cross_task)
   models_lib.build(config.model)
@@ -208,10 +208,10 @@ def _validate_train(config) -> None:
   scale, crop = config.model.scale, config.data.crop
   if crop % scale:
     raise ConfigError(f'data.crop: expected a positive multiple of model.scale={scale}, got {crop!r}')
-  if config.data.degrade not in resize.METHODS:
-    raise ConfigError(f'data.degrade: expected one of {resize.METHODS}, got {config.data.degrade!r}')
-  if config.data.lr_on_device and config.data.noise_sigma > 0:
-    raise ConfigError('data.noise_sigma > 0 needs data.lr_on_device=False (the noise is added on the host)')
+  degradation.check_config(config.data)
+  if config.data.lr_on_device and (config.data.noise_sigma > 0 or config.data.degrade == 'random'):
+    raise ConfigError('data.noise_sigma > 0 and data.degrade=\'random\' need data.lr_on_device=False (they '
+                      'are made on the host)')
   if cross_task:
     _check_one_convention(config.data.name)
 
@@ -256,6 +256,11 @@ def _validate_eval(config) -> None:
     raise ConfigError('eval.checkpoint_dir is empty: expected a training workdir, its checkpoints/ '
                       'directory or one step directory (or --config.eval.baseline=bicubic)')
   evaluate.check_tiling(config.eval.tile, config.eval.overlap)
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  if config.eval.degradation not in degradation.EVAL_CHOICES:
+    raise ConfigError(f'eval.degradation={config.eval.degradation!r}: expected one of '
+                      f'{", ".join(degradation.EVAL_CHOICES)}')
+  degradation.check_config(config.data)
 
 
 # Model fields added after checkpoints were first saved, with the value that rebuilds the network such a

@@ -594,11 +594,11 @@ def _table(rows) -> dict:
 
 
 def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estimate: Callable | None = None,
-                     on_image: Callable | None = None):
+                     on_image: Callable | None = None, baseline: bool = False):
   """Scores `predict` on split 'test' of `dataset` under its protocol (an Evaluator of dataset_batches)."""
   ev = Evaluator(dataset_batches(config, dataset, scale), protocol_for(dataset), scale,
                  name=f'eval.dataset={dataset!r}: split test')
-  return ev(predict, estimate=estimate, on_image=on_image)
+  return ev(predict, estimate=estimate, on_image=on_image, baseline=baseline)
 
 
 def dataset_batches(config, dataset: str, scale: int):
@@ -610,7 +610,7 @@ def dataset_batches(config, dataset: str, scale: int):
   source = sources.get_source(cfg.data, 'test')
   if proto.crop_multiple:
     source = _CropToMultiple(source, scale)
-  return pipeline.eval_dataset(cfg, 'test', source=source)
+  return pipeline.eval_dataset(cfg, 'test', source=source, degradations=(str(config.eval.degradation),))
 
 
 def _mean(per_scene: dict) -> dict:
@@ -646,7 +646,8 @@ def markdown(result: dict) -> str:
   ds, s, unit = result['dataset'], result['scale'], result['protocol']['unit']
   ours = 'Bicubic' if result['model'] == 'bicubic' else 'DSRNet'
   label = f'{ours} (ours' + (f', step {result["step"]})' if result.get('step') is not None else ')')
-  lines = [f'# {ds} x{s}: {label}', '']
+  deg = result.get('degradation', 'protocol')
+  lines = [f'# {ds} x{s}' + ('' if deg == 'protocol' else f', LR made by {deg}') + f': {label}', '']
   if result.get('checkpoint'):
     lines.append(f'Checkpoint: `{result["checkpoint"]}`')
   lines += [f'Protocol: {result["protocol"]["reference"]}; metrics in {unit}, split `{result["split"]}`, '
@@ -730,13 +731,16 @@ def run(config, workdir: str) -> dict:
     if 'denet' in params and models.denet is not None and not models.denet.depth_input:
       denet, denet_params = models.denet, params['denet']
       estimate = lambda rgb: estimate_depth(denet, denet_params, rgb, tile=tile)
-  files = report_files(workdir, dataset, scale, name, info.get('dir', ''))
+  degradation = str(config.eval.degradation)
+  files = report_files(workdir, dataset, scale, name, info.get('dir', ''), degradation)
   images = None
   if config.eval.images and jax.process_index() == 0:
     images = SceneImages(os.path.splitext(files['json'])[0] + '_images', dataset, scale, proto,
                          int(config.eval.figure_scenes))
   try:
-    result = evaluate_dataset(config, dataset, scale, predict, estimate, on_image=images)
+    # Bicubic upsampling of the same LR beside the network's: the ratio a robustness table reports.
+    result = evaluate_dataset(config, dataset, scale, predict, estimate, on_image=images,
+                              baseline=baseline != 'bicubic')
   except BaseException:
     if images is not None:
       images.discard()
@@ -744,9 +748,9 @@ def run(config, workdir: str) -> dict:
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
             'checkpoint': shown_path(info.get('dir', ''), str(config.eval.checkpoint_dir)),
             'step': info.get('step'),
-            'tile': int(tile), 'overlap': int(overlap), 'ensemble': ensemble,
+            'tile': int(tile), 'overlap': int(overlap), 'ensemble': ensemble, 'degradation': degradation,
             'protocol': dataclasses.asdict(proto), **result}
-  if dataset == 'middlebury2005':
+  if dataset == 'middlebury2005' and degradation == 'protocol':  # the paper's LR is the protocol's alone
     result['paper_table1_mad'] = paper_rows(scale)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(files['json']), exist_ok=True)
@@ -772,13 +776,16 @@ def shown_path(step_dir: str, given: str) -> str:
   return step_dir if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
-def report_files(workdir: str, dataset: str, scale: int, name: str, checkpoint: str) -> dict:
+def report_files(workdir: str, dataset: str, scale: int, name: str, checkpoint: str,
+                 degradation: str = 'protocol') -> dict:
   """The report's two paths; refuses (before any image is evaluated) to replace another checkpoint's report.
 
-  `checkpoint` is the step directory ('' for the bicubic baseline), compared by real path.
+  `checkpoint` is the step directory ('' for the bicubic baseline), compared by real path. A degradation
+  other than the protocol's names the report ('<dataset>_x<s>_<degradation>').
   """
   stem = os.path.join(os.path.abspath(workdir), 'eval',
-                      f'{dataset}_x{scale}' + ('_bicubic' if name == 'bicubic' else ''))
+                      f'{dataset}_x{scale}' + ('' if degradation == 'protocol' else f'_{degradation}') +
+                      ('_bicubic' if name == 'bicubic' else ''))
   files = {'json': stem + '.json', 'md': stem + '.md'}
   real = lambda c: os.path.realpath(c) if c else ''
   if os.path.exists(files['json']):

@@ -32,7 +32,7 @@ from dsr_jax.errors import one_line
 BEST_DIR = checkpointing.BEST_DIR  # written by training (train.keep_best)
 CKPT_DIR = 'checkpoints'
 REQUIRED_ITEMS = ('params', 'config')
-_EXPECTED = ('a shipped name (dsrnet_x4, dsrnet_x8), a training workdir, its checkpoints/ directory, or one '
+_EXPECTED = ('a shipped name (dsrnet_x4, dsrnet_x8, dsrnet_x4_protocol, ...), a training workdir, its checkpoints/ directory, or one '
              'step directory holding '
              "'params' and 'config'")
 
@@ -81,7 +81,7 @@ def verify_sums(root) -> None:
 
 def shipped_checkpoint(name: str):
   """The directory of a shipped checkpoint named `name` (verified against its SHA256SUMS), or None."""
-  if not re.fullmatch(r'dsrnet_x\d+', name) or not (SHIPPED_ROOT / name).is_dir():
+  if not re.fullmatch(r'dsrnet_x\d+(_protocol)?', name) or not (SHIPPED_ROOT / name).is_dir():
     return None
   root = SHIPPED_ROOT / name
   if (root / SUMS).is_file():

@@ -51,6 +51,13 @@ MODIFIERS = {
     # A deeper DENet (2x the residual blocks; receptive margin 19 -> 35 px at T=4) for a teacher that may beat
     # the student.
     'deR4': ({'model.de_blocks': 4}, 'DENet with 4 blocks per stage'),
+    # Depth maps from anywhere: the LR drawn per crop from the degradation mixture (data.random.*), and the
+    # best checkpoint chosen on the protocol's LR and every robustness row together.
+    'rob': ({'data.degrade': 'random', 'data.val_degradations': 'protocol,robust'},
+            'LR from the degradation mixture, validated on every robustness row'),
+    # Fine-tuning the shipped protocol-trained DSRNet of the same scale ('{scale}' is filled in).
+    'ft': ({'train.init_from': 'dsrnet_x{scale}_protocol'}, 'starts from the shipped dsrnet_x<s>_protocol'),
+    'lr3e-4': ({f'optim.{n}.lr': 3e-4 for n in ('dsr', 'denet', 'spnet')}, 'learning rate 3e-4'),
 }
 __doc__ += '\n'.join(f'  {k:3s} {v[2]}' for k, v in ROWS.items()) + '\n  modifiers: ' + ', '.join(
     f'+{k} ({v[1]})' for k, v in MODIFIERS.items()) + '\n'
@@ -70,7 +77,7 @@ def row_spec(row: str, scale: int):
   for m in mods:
     if m not in MODIFIERS:
       raise errors.UserError(f'--rows {row!r}: unknown modifier {m!r} (expected one of {", ".join(MODIFIERS)})')
-    overrides.update(MODIFIERS[m][0])
+    overrides.update({k: v.format(scale=scale) if isinstance(v, str) else v for k, v in MODIFIERS[m][0].items()})
     what += f'; {MODIFIERS[m][1]}'
   return f'x{scale},{variant}', overrides, what
 
@@ -326,16 +333,20 @@ def write_table(out: str, readme: str = '') -> str:
   with open(os.path.join(out, 'TABLE.md'), 'w') as f:
     f.write('# Cross-task study (written by `python -m dsr_jax.study`; do not edit)\n\n' + text)
   if readme:
-    begin, end = markers(out)
-    with open(readme) as f:
-      doc = f.read()
-    if not (begin in doc and end in doc and doc.index(begin) < doc.index(end)):
-      raise errors.UserError(f'--readme {readme}: expected the markers {begin} ... {end}')
-    head, rest = doc.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    with open(readme, 'w') as f:
-      f.write(f'{head}{begin}\n{text}{end}{tail}')
+    write_block(readme, *markers(out), text)
   return text
+
+
+def write_block(path: str, begin: str, end: str, text: str) -> None:
+  """Replaces what lies between the markers `begin` and `end` of a Markdown file by `text`."""
+  with open(path) as f:
+    doc = f.read()
+  if not (begin in doc and end in doc and doc.index(begin) < doc.index(end)):
+    raise errors.UserError(f'--readme {path}: expected the markers {begin} ... {end}')
+  head, rest = doc.split(begin, 1)
+  _, tail = rest.split(end, 1)
+  with open(path, 'w') as f:
+    f.write(f'{head}{begin}\n{text}{end}{tail}')
 
 
 def build_parser():

@@ -157,14 +157,16 @@ def val_dataset(config):
   """Whole-image batches of data.val_split of data.val_name (or of data.name when that is empty)."""
   from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from dsr_jax.input_pipeline import sources  # pylint: disable=g-import-not-at-top
+  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
+  names = degradation.parse_names(config.data.val_degradations, 'data.val_degradations')
   name = config.data.val_name
   if not name:
-    return pipeline.eval_dataset(config, config.data.val_split)
+    return pipeline.eval_dataset(config, config.data.val_split, degradations=names)
   data = config.data.copy_and_resolve_references()
   data.unlock()
   data.name = name
   return pipeline.eval_dataset(config, config.data.val_split,
-                               source=sources.get_source(data, config.data.val_split))
+                               source=sources.get_source(data, config.data.val_split), degradations=names)
 
 
 # Validation scores in dataset units over each image's valid pixels (no border crop, no rounding): the
@@ -296,6 +298,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
         _say(f'DSRNet starts from {tcfg.init_from} (train.init_from)')
     else:
       step0, params, opt_state, role, data_state = restored
+      role = state_lib.upgrade_role(role, opt_state, nets)
       state = jax.device_put(abstract.replace(
           params=params, opt_state=opt_state,
           **{k: jnp.asarray(np.asarray(role[k], dtype=getattr(abstract, k).dtype)) for k in role}), repl)
@@ -310,13 +313,18 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
     pick = role_rule or roles.role_rule(tcfg.roles)
     jitted, jitted_grads = {}, {}
 
+    schedules = optim.schedules(config, nets)
+
     def step_fn(phase):
+      # (state, batch, sums) -> (state, sums, rates): the logged terms add up on the device (steps.logged_step).
       if phase.name not in jitted:
-        fn = functools.partial(steps.train_step, models=models, tx=tx, phase=phase, loss_cfg=config.loss,
-                               scale=scale, lr_method=lr_method)
-        jitted[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh), out_shardings=(repl, repl),
-                                     donate_argnums=0, compiler_options=xla_options.compiler_options())
+        fn = functools.partial(steps.logged_step, schedules=schedules, models=models, tx=tx, phase=phase,
+                               loss_cfg=config.loss, scale=scale, lr_method=lr_method)
+        jitted[phase.name] = jax.jit(fn, in_shardings=(repl, data_sh, repl), out_shardings=(repl, repl, repl),
+                                     donate_argnums=(0, 2), compiler_options=xla_options.compiler_options())
       return jitted[phase.name]
+
+    zero_sums = jax.jit(steps.zero_sums, out_shardings=repl)
 
     def grads_fn(phase):
       # Diagnostics only, at log steps: its own compiled function, so the train step stays as it is.
@@ -374,7 +382,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
     # length, a validation being mostly compilation and reading) and the slowest save.
     took = {'validation': time.time() - started, 'save': 0.0}
 
-    acc, n_acc = None, 0
+    sums, n_acc = zero_sums(), 0
     last_data_state = data_state if data_state is not None else train_iter.get_state()
     t_log = time.perf_counter()
     t_budget = t_log
@@ -401,8 +409,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
           phase = roles.phase_for(phases, teacher if is_ct and step >= tcfg.stage1_steps else roles.NO_TEACHER,
                                   is_ct)
           batch, last_data_state = prefetch.get()
-          state, terms = step_fn(phase)(state, batch)
-          acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
+          state, sums, rates = step_fn(phase)(state, batch, sums)
           n_acc += 1
           done = step + 1
           for h in hooks:
@@ -410,22 +417,20 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
           is_last = done == tcfg.num_steps
           if done % tcfg.log_every == 0 or is_last:
             _check_finite(state)
-            vals = {f'train/{k}': float(v) / n_acc for k, v in jax.device_get(acc).items()}
+            got_sums, got_rates, role = jax.device_get((sums, rates, (state.teacher, state.prev_err)))
+            vals = {f'train/{k}': float(v) / n_acc for k, v in zip(steps.TERMS, got_sums)}
             now = time.perf_counter()
             vals['train/steps_per_s'] = n_acc / (now - t_log)
             t_log = now
-            role = jax.device_get((state.teacher, state.prev_err))
             vals['train/teacher'] = float(role[0])
             vals['train/e_dsr_prev_round'], vals['train/e_de_prev_round'] = map(float, role[1])
-            counts = jax.device_get(optim.update_counts(state.opt_state, nets))
-            for k, v in optim.learning_rates(config, counts).items():
-              vals[f'train/lr_{k}'] = v
+            vals.update({f'train/lr_{k}': float(v) for k, v in got_rates.items()})
             if tcfg.grad_diagnostics:
               for term, per_net in jax.device_get(grads_fn(phase)(state.params, batch)).items():
                 vals.update({f'grad/{term}/{net}': float(g) for net, g in per_net.items()})
             writer.write_scalars(done, vals)
             _say(_progress_line(done, tcfg.num_steps, vals, teacher if is_ct else None))
-            acc, n_acc = None, 0
+            sums, n_acc = zero_sums(), 0
           if done % tcfg.image_every == 0 or is_last:
             _write_images(writer, done, images_fn(state.params, batch))
             if val_scene is not None:

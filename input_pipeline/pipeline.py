@@ -52,9 +52,7 @@ def _check_train_config(config, process_count):
     raise ConfigError(f'data.workers: expected >= 0, got {config.data.workers}')
   if config.data.noise_sigma < 0:
     raise ConfigError(f'data.noise_sigma: expected >= 0, got {config.data.noise_sigma}')
-  if config.data.degrade not in degradation.METHODS:
-    raise ConfigError(f'data.degrade: expected one of {degradation.METHODS}, '
-                      f'got {config.data.degrade!r}')
+  degradation.check_config(config.data)
   return scale
 
 
@@ -235,7 +233,8 @@ def train_dataset(config, source=None, *, process_index=None, process_count=None
     ds = ds.random_map(transforms.PairedFlipRotate())
   ds = ds.map(transforms.Normalize())
   if not d.lr_on_device:
-    ds = ds.random_map(transforms.MakeLR(scale, d.degrade, float(d.noise_sigma)))
+    random = degradation.Random.from_config(d.random) if d.degrade == 'random' else None
+    ds = ds.random_map(transforms.MakeLR(scale, d.degrade, float(d.noise_sigma), random))
   ds = ds.map(transforms.ToTrainExample())
   ds = ds[process_index::process_count]
   ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
@@ -263,7 +262,10 @@ class _EvalBatch(grain.transforms.Map):
     ex = transforms.Normalize().map(ex)
     # Noise (noisy-DSR evaluation) is seeded per image, so every evaluation sees the same LR.
     rng = np.random.default_rng([self.seed, index])
-    lr = transforms.make_lr(ex['depth'], self.scale, self.method, self.noise_sigma / float(ex['norm']), rng)
+    name = ex.get('degradation', degradation.PROTOCOL)
+    fixed = None if name == degradation.PROTOCOL else degradation.eval_degradation(name, self.scale)
+    lr = transforms.make_lr(ex['depth'], self.scale, self.method, self.noise_sigma / float(ex['norm']), rng,
+                            fixed=fixed)
     real = transforms.has_valid_depth({'depth': ex['depth'], 'valid': ex['valid']})
     if not real:
       logging.warning('eval example %d (%s): depth entirely invalid; mask 0 (not counted)', index,
@@ -310,6 +312,25 @@ class _BoundedReads(grain.MapDataset):
     return '_BoundedReads'
 
 
+class _PerDegradation:
+  """Every example of `source` once per named degradation, its name suffixed '@<degradation>' (but for the
+  protocol's own LR), so that one evaluation scores a network on several kinds of LR."""
+
+  def __init__(self, source, names: Sequence[str]):
+    self._source, self._names = source, tuple(names)
+
+  def __len__(self):
+    return len(self._source) * len(self._names)
+
+  def __getitem__(self, index):
+    i, k = divmod(int(index), len(self._names))
+    ex, name = dict(self._source[i]), self._names[k]
+    ex['degradation'] = name
+    if name != degradation.PROTOCOL:
+      ex['name'] = f'{transforms.example_name(ex)}@{name}'
+    return ex
+
+
 def _eval_groups(source, batch_size) -> list[tuple[int, ...]]:
   """Index tuples, one per batch: equal-sized images together, -1-padded to batch_size."""
   if batch_size == 1:
@@ -325,13 +346,17 @@ def _eval_groups(source, batch_size) -> list[tuple[int, ...]]:
   return out
 
 
-def eval_dataset(config, split: str = 'validation', source=None) -> grain.MapDataset:
+def eval_dataset(config, split: str = 'validation', source=None,
+                 degradations: Sequence[str] = ()) -> grain.MapDataset:
   """Whole-image evaluation batches.
 
   Args:
     config: full config (data.*, model.scale, seed).
     split: source split (used only when `source` is None).
     source: random-access source in the common format; None -> sources.get_source(config.data, split).
+    degradations: names of degradation.EVAL_CHOICES; each image once per name, at a fixed seed ('@<name>'
+      suffixed). Empty: the protocol's LR (data.degrade, or bicubic when that is 'random', with
+      data.noise_sigma).
 
   Returns:
     grain.MapDataset (finite, `len` = number of batches) of dicts: 'hr_depth' (B, H, W, 1) normalised
@@ -344,15 +369,17 @@ def eval_dataset(config, split: str = 'validation', source=None) -> grain.MapDat
   scale = check_scale(config)
   if d.eval_batch < 1:
     raise ConfigError(f'data.eval_batch: expected >= 1, got {d.eval_batch}')
-  if d.degrade not in degradation.METHODS:
-    raise ConfigError(f'data.degrade: expected one of {degradation.METHODS}, got {d.degrade!r}')
+  degradation.check_config(d)
   if source is None:
     source = _get_source(d, split)
   if len(source) == 0:
     raise DataError(f'data.name={d.name!r}: split {split!r} has no examples')
+  if tuple(degradations) not in ((), (degradation.PROTOCOL,)):
+    source = _PerDegradation(source, degradations)
   groups = _eval_groups(source, int(d.eval_batch))
+  method = 'bicubic' if d.degrade == 'random' else d.degrade
   return _BoundedReads(grain.MapDataset.source(groups).map(
-      _EvalBatch(source, scale, d.degrade, float(d.noise_sigma), int(config.seed))))
+      _EvalBatch(source, scale, method, float(d.noise_sigma), int(config.seed))))
 
 
 def batch_sha256(batch: dict, keys: Sequence[str] | None = None) -> str:

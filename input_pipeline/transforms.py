@@ -17,8 +17,6 @@ import dataclasses
 
 import grain
 import numpy as np
-from scipy import ndimage
-
 from dsr_jax.errors import ConfigError, DataError
 from dsr_jax.input_pipeline import degradation
 
@@ -139,14 +137,7 @@ class PairedFlipRotate(grain.transforms.RandomMap):
     return out
 
 
-def fill_invalid(depth: np.ndarray, ok: np.ndarray) -> np.ndarray:
-  """Replaces pixels where `ok` is False by the nearest valid value (0 when nothing is valid)."""
-  if ok.all():
-    return depth
-  if not ok.any():
-    return np.zeros_like(depth)
-  idx = ndimage.distance_transform_edt(~ok, return_distances=False, return_indices=True)
-  return depth[idx[0], idx[1]]
+fill_invalid = degradation.fill_invalid  # predict fills an input's holes the same way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +156,16 @@ class Normalize(grain.transforms.Map):
     return out
 
 
-def make_lr(depth, scale: int, method: str, noise_sigma: float, rng):
-  """The degradation applied to a normalised, hole-free HR depth (H, W) -> (ceil(H/s), ceil(W/s))."""
+def make_lr(depth, scale: int, method: str, noise_sigma: float, rng, random=None, fixed=None):
+  """The degradation applied to a normalised, hole-free HR depth (H, W) -> (ceil(H/s), ceil(W/s)).
+
+  `fixed` (a degradation.Fixed) or `random` (a degradation.Random, drawn from `rng`) replaces `method` and
+  `noise_sigma` (the protocol's resampler and noise, in normalised units).
+  """
+  if random is not None:
+    fixed = random.draw(scale, rng)
+  if fixed is not None:
+    return fixed.apply(depth, scale, rng)
   lr = degradation.downsample(depth, scale, method).astype(np.float32, copy=False)
   if noise_sigma > 0:
     lr = degradation.add_noise(lr, noise_sigma, rng)
@@ -181,14 +180,17 @@ class MakeLR(grain.transforms.RandomMap):
     scale: model.scale.
     method: data.degrade.
     noise_sigma: data.noise_sigma in the dataset's depth unit (divided by the example's norm here).
+    random: with data.degrade='random', the mixture drawn per crop (method and noise_sigma unused).
   """
   scale: int
   method: str = 'bicubic'
   noise_sigma: float = 0.0
+  random: degradation.Random | None = None
 
   def random_map(self, ex, rng: np.random.Generator):
     out = dict(ex)
-    out['lr'] = make_lr(ex['depth'], self.scale, self.method, self.noise_sigma / float(ex['norm']), rng)
+    out['lr'] = make_lr(ex['depth'], self.scale, self.method, self.noise_sigma / float(ex['norm']), rng,
+                        random=self.random)
     return out
 
 

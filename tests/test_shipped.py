@@ -29,7 +29,7 @@ def test_small_dsrnet_only_and_predicts(path, tmp_path):
   size = sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
   assert size <= MAX_BYTES, f'{path}: {size} bytes'
   config, params, _ = restore.load_params(path, ('dsr', 'denet', 'spnet'))
-  scale = int(path.name.removeprefix('dsrnet_x'))
+  scale = int(path.name.removeprefix('dsrnet_x').removesuffix('_protocol'))
   assert config.model.scale == scale and set(params) == {'dsr'}
   lr = np.full((21, 34), 90, np.uint8)
   lr[:, 17:] = 160  # one vertical depth edge
