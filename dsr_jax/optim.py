@@ -29,6 +29,11 @@ def schedule(cfg, num_steps: int):
   return optax.join_schedules([optax.linear_schedule(cfg.lr / warm, cfg.lr, warm), after], [warm])
 
 
+def schedules(config, nets=NETS) -> dict:
+  """{net: its schedule}: what each net's Adam follows, and what the step reports its rates from."""
+  return {k: schedule(config.optim[k], config.train.num_steps) for k in nets}
+
+
 def net_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
   parts = []
   if cfg.grad_clip and cfg.grad_clip > 0:
@@ -50,16 +55,14 @@ def make(config, nets=NETS) -> optax.GradientTransformationExtraArgs:
 
 
 def update_counts(opt_state, nets=NETS) -> dict:
-  """Each net's own update count (its Adam schedule's count: frozen rounds do not advance it)."""
+  """Each net's own update count as its Adam schedule holds it (frozen rounds do not advance it).
+
+  Reads optax's internal state by name: only for checkpoints saved before TrainState.updates kept the
+  counts (state.upgrade_role), and for tests that check the two agree.
+  """
   out = {}
   for k in nets:
     found = [v for path, v in optax.tree_utils.tree_get_all_with_path(opt_state.inner_states[k], 'count')
              if getattr(path[-1], 'tuple_name', '') == 'ScaleByScheduleState']
     out[k] = found[0]
   return out
-
-
-def learning_rates(config, counts: dict) -> dict:
-  """The rate of each net's next update: its schedule at its own count (`update_counts`), not the global
-  step, which runs ahead of a net that has been frozen (SPNet in stage 1, each round's teacher)."""
-  return {k: float(schedule(config.optim[k], config.train.num_steps)(int(c))) for k, c in counts.items()}

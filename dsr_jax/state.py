@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+NETS = ('dsr', 'denet', 'spnet')  # the order of TrainState.updates (optim.NETS)
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -18,6 +20,9 @@ class TrainState:
   prev_err: jax.Array  # f32[2]: the previous round's mean errors, which picked the teacher.
   bad_step: jax.Array  # int32: first step with a non-finite loss term (-1: none yet).
   bad_term: jax.Array  # int32: index into steps.TERMS of that term.
+  # int32[3]: updates each network has received, in optim.NETS order (a frozen net's count stands still). Its
+  # schedule runs on this count; kept here so the step can report its rates without reading optax's state.
+  updates: jax.Array
 
 
 def init_params(models, key, scale: int, size: int = 16):
@@ -33,10 +38,23 @@ def create(models, tx, key, scale: int) -> TrainState:
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       err_sum=jnp.zeros((2,), jnp.float32), err_count=jnp.zeros((), jnp.int32),
       teacher=jnp.full((), -1, jnp.int32), prev_err=jnp.zeros((2,), jnp.float32),
-      bad_step=jnp.full((), -1, jnp.int32), bad_term=jnp.full((), -1, jnp.int32))
+      bad_step=jnp.full((), -1, jnp.int32), bad_term=jnp.full((), -1, jnp.int32),
+      updates=jnp.zeros((len(NETS),), jnp.int32))
 
 
 def role_state(state: TrainState) -> dict:
   """The non-array-tree part of the state, as host numpy (checkpointed alongside params)."""
-  return {k: np.asarray(jax.device_get(getattr(state, k)))
-          for k in ('step', 'err_sum', 'err_count', 'teacher', 'prev_err', 'bad_step', 'bad_term')}
+  return {k: np.asarray(jax.device_get(getattr(state, k))) for k in ROLE_KEYS}
+
+
+ROLE_KEYS = ('step', 'err_sum', 'err_count', 'teacher', 'prev_err', 'bad_step', 'bad_term', 'updates')
+
+
+def upgrade_role(role: dict, opt_state, nets) -> dict:
+  """A checkpoint's role item with every key of ROLE_KEYS: one saved before `updates` existed gets the counts
+  its Adam states hold (the only read of optax's internal state, once, on such a resume)."""
+  if 'updates' in role:
+    return role
+  from dsr_jax import optim  # pylint: disable=g-import-not-at-top
+  counts = jax.device_get(optim.update_counts(opt_state, nets))
+  return dict(role, updates=[int(counts[k]) if k in counts else 0 for k in NETS])

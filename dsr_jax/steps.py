@@ -13,6 +13,7 @@ import optax
 from dsr_jax import losses
 from dsr_jax import resize
 from dsr_jax import roles
+from dsr_jax import state as state_lib
 from dsr_jax.state import TrainState
 
 # Logged loss terms, in the order used by TrainState.bad_term.
@@ -139,6 +140,7 @@ def train_step(state: TrainState, batch, *, models, tx, phase: roles.Phase, loss
       state.params, batch, models=models, phase=phase, loss_cfg=loss_cfg, scale=scale)
   trainable = {k: phase.train[k] for k in state.params}
   updates, opt_state = tx.update(grads, state.opt_state, state.params, trainable=trainable)
+  counted = jnp.asarray([bool(trainable.get(k)) for k in state_lib.NETS], jnp.int32)  # static per phase
   params = optax.apply_updates(state.params, updates)
   vec = jnp.stack([terms[k] for k in TERMS])
   finite = jnp.isfinite(vec)
@@ -149,8 +151,25 @@ def train_step(state: TrainState, batch, *, models, tx, phase: roles.Phase, loss
       err_sum=state.err_sum + jnp.stack([terms['e_dsr'], terms['e_de']]),
       err_count=state.err_count + 1,
       bad_step=jnp.where(newly_bad, state.step, state.bad_step),
-      bad_term=jnp.where(newly_bad, first_bad.astype(jnp.int32), state.bad_term))
+      bad_term=jnp.where(newly_bad, first_bad.astype(jnp.int32), state.bad_term),
+      updates=state.updates + counted)
   return new, terms
+
+
+def logged_step(state: TrainState, batch, sums, *, schedules: dict, **kwargs):
+  """The training loop's step: `train_step`, with what the log reads kept on the device, so that the host
+  does no work between log steps. Returns (state, sums + this step's TERMS, {net: learning rate}).
+
+  The rate is each net's schedule at its update count before this step: the rate it trained with here, or
+  for a net frozen in this phase the one it resumes with.
+  """
+  rates = {k: fn(state.updates[state_lib.NETS.index(k)]) for k, fn in schedules.items()}
+  state, terms = train_step(state, batch, **kwargs)  # the module's global: tests count its traces
+  return state, sums + jnp.stack([terms[k] for k in TERMS]), rates
+
+
+def zero_sums():
+  return jnp.zeros((len(TERMS),), jnp.float32)
 
 
 def start_round(state: TrainState, teacher) -> TrainState:

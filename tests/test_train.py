@@ -1,6 +1,7 @@
 """Training: frozen teachers, one trace per phase, device-count invariance, exact resume, smoke run."""
 import functools
 import glob
+import json
 import shutil
 
 import chex
@@ -52,6 +53,11 @@ def _step(cfg, models, tx, phase):
                                    scale=cfg.model.scale))
 
 
+def _logged_step(cfg, models, tx, phase):
+  return jax.jit(functools.partial(steps.logged_step, schedules=optim.schedules(cfg), models=models, tx=tx,
+                                   phase=phase, loss_cfg=cfg.loss, scale=cfg.model.scale))
+
+
 def _opt_leaves(opt_state, net):
   # PartitionState.inner_states[net] is a MaskedState whose inner_state is the ConditionallyMaskState
   # (step counter of the gate, inner Adam state).
@@ -71,12 +77,11 @@ def test_frozen_teacher_bit_identical_over_a_round(phase, teacher, student):
   # One stage-1 step first, so the teacher's Adam moments and count are non-trivial.
   st, _ = _step(cfg, models, tx, phases['stage1'])(st, _batch(cfg))
   before = jax.device_get(st)
-  step = _step(cfg, models, tx, phases[phase])
-  after = st
-  for seed in (1, 2):
-    after, terms = step(after, _batch(cfg, seed=seed))
+  after, terms = _step(cfg, models, tx, phases[phase])(st, _batch(cfg, seed=1))
+  # The second step as the training loop runs it: it also reports each net's rate.
+  after, sums, rates = _logged_step(cfg, models, tx, phases[phase])(after, _batch(cfg, seed=2), steps.zero_sums())
   after = jax.device_get(after)
-  assert np.isfinite(float(terms['total']))
+  assert np.isfinite(float(terms['total'])) and np.isfinite(float(sums[0]))
   chex.assert_trees_all_equal(before.params[teacher], after.params[teacher])
   chex.assert_trees_all_equal(_opt_leaves(before.opt_state, teacher), _opt_leaves(after.opt_state, teacher))
   t_adam = [x for x in jax.tree.leaves(_opt_leaves(after.opt_state, teacher))]
@@ -88,17 +93,32 @@ def test_frozen_teacher_bit_identical_over_a_round(phase, teacher, student):
   count = lambda s, n: [x for x in jax.tree.leaves(_opt_leaves(s.opt_state, n)) if np.ndim(x) == 0]
   assert count(before, teacher) == count(after, teacher)
   assert count(before, student) != count(after, student)
-  # The logged learning rates follow each net's own count (SPNet was frozen in the stage-1 step).
+  # Each net's update count (SPNet was frozen in the stage-1 step): the state keeps the counts optax's
+  # schedules hold, so the step reports its rates without reading optax's internal state.
   counts = {k: int(v) for k, v in optim.update_counts(after.opt_state).items()}
   assert counts == {student: 3, teacher: 1, 'spnet': 2}
-  lrs = optim.learning_rates(cfg, counts)
-  # The teacher's one update (warm-up 1) leaves it at the peak rate, where the global step (3) has begun the
-  # cosine; the student's rate is the schedule at its own count.
-  at_global_step = float(optim.schedule(cfg.optim[student], cfg.train.num_steps)(3))
-  assert at_global_step < 0.99 * cfg.optim[student].lr
-  assert lrs[student] == pytest.approx(at_global_step)
-  assert lrs[teacher] == pytest.approx(cfg.optim[teacher].lr)
-  assert lrs['spnet'] == pytest.approx(float(optim.schedule(cfg.optim.spnet, cfg.train.num_steps)(2)))
+  assert list(after.updates) == [counts[k] for k in state_lib.NETS]
+  # The reported rates follow each net's own count before the step (student 2, teacher 1, SPNet 1): the
+  # teacher's one update (warm-up 1) leaves it at the peak rate, where the global step (2) has begun the cosine.
+  sched = lambda net, count: float(optim.schedule(cfg.optim[net], cfg.train.num_steps)(count))
+  assert sched(student, 2) < 0.99 * cfg.optim[student].lr
+  assert float(rates[student]) == pytest.approx(sched(student, 2))
+  assert float(rates[teacher]) == pytest.approx(cfg.optim[teacher].lr)
+  assert float(rates['spnet']) == pytest.approx(sched('spnet', 1))
+
+
+def test_logged_step_sums_the_terms_and_trains_as_train_step():
+  """The loop's step adds the logged terms up on the device; its training is train_step's, bit for bit."""
+  cfg, models, tx, st = _setup()
+  phase = _phases(cfg)['dsr_student']
+  plain, logged = _step(cfg, models, tx, phase), _logged_step(cfg, models, tx, phase)
+  a, b, sums, want = st, st, steps.zero_sums(), 0.0
+  for seed in (0, 1, 2):
+    a, terms = plain(a, _batch(cfg, seed=seed))
+    b, sums, _ = logged(b, _batch(cfg, seed=seed), sums)
+    want = want + np.asarray([terms[k] for k in steps.TERMS])
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
+  np.testing.assert_allclose(np.asarray(sums), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize('phase', ['dsr_student', 'de_student'])
@@ -248,12 +268,20 @@ def test_resume_is_exact(smoke_run, tmp_path):
   resumed = tmp_path / 'resumed'
   shutil.copytree(wd, resumed)
   shutil.rmtree(resumed / 'checkpoints' / '10')  # as if preempted after the step-6 checkpoint
+  # As if saved before the state kept each net's update count: the resume takes them from Adam's state.
+  role_file = resumed / 'checkpoints' / '6' / 'role' / 'metadata'
+  role = json.loads(role_file.read_text())
+  assert role.pop('updates') == [6, 6, 4]  # teachers keep learning ('task'); SPNet is frozen in stage 1
+  role_file.write_text(json.dumps(role))
   # Rounds start at steps 6 and 8, with the teachers the first run had there.
   s2 = _train_with_teachers(cfg, resumed, [roles.DENET, roles.DSR])
   assert s2['step'] == 10
   import orbax.checkpoint as ocp
-  load = lambda d: ocp.StandardCheckpointer().restore(d / 'checkpoints' / '10' / 'params')
-  chex.assert_trees_all_equal(load(wd), load(resumed))
+  load = lambda d, item: ocp.StandardCheckpointer().restore(d / 'checkpoints' / '10' / item)
+  chex.assert_trees_all_equal(load(wd, 'params'), load(resumed, 'params'))
+  chex.assert_trees_all_equal(load(wd, 'opt_state'), load(resumed, 'opt_state'))
+  for d in (wd, resumed):
+    assert json.loads((d / 'checkpoints' / '10' / 'role' / 'metadata').read_text())['updates'] == [10, 10, 8]
 
 
 def test_nan_guard_names_step_and_term(tmp_path):
