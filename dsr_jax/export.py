@@ -31,9 +31,6 @@ def _inside(path: str, root: str) -> bool:
 
 def _check_output(out: str, overwrite: bool):
   """Refuses an output that cannot be written or must not be replaced, before anything is read."""
-  if os.path.islink(out):
-    # rmtree refuses links and replacing one would not write where it points: fail now, not after writing.
-    raise UserError(f'--output {out}: is a symbolic link (expected a directory path)')
   # An export may replace an export (--overwrite), but never write into a checkpoint (a shipped one would
   # then fail its SHA256SUMS) nor into a system directory.
   paths.check_dir_target(out, '--output', may_be_checkpoint=True)
@@ -74,6 +71,9 @@ def _check_disjoint(out: str, checkpoint: str, root: str, step: int):
 def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
   """Writes DSRNet's parameters + config of `checkpoint` to `output`/<step>/; returns that directory."""
   out = os.path.abspath(os.path.expanduser(paths.check_path_text(output, '--output')))
+  if os.path.islink(out):
+    # rmtree refuses links and replacing one would not write where it points: fail now, not after writing.
+    raise UserError(f'--output {out}: is a symbolic link (expected a directory path)')
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
   root, step = restore.resolve_checkpoint(paths.check_path_text(checkpoint, '--checkpoint'))
   # The source first: an output inside it is named as such, not as some checkpoint directory.

@@ -32,10 +32,17 @@ or is interrupted while writing (a full disk) leaves no output and any older one
 The output directory may not lie inside a checkpoint directory (its files would become part of it).
 
 Large inputs are tiled: --tile counts input (LR) pixels per tile side, --overlap input pixels of context
-per side (raised to the network's receptive field, 6 x model.stages); the result is identical to untiled
-inference, and memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images;
-a tile has at least 8 input pixels.
+per side (raised to the network's receptive field, 6 x model.stages; at most 256, and capped at each image's
+size, beyond which it is only the image's reflection); the result is identical to untiled inference, and
+memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images; a tile has at
+least 8 input pixels.
 --ensemble averages the 8 flip/transpose variants (8x the time).
+
+Only regular files are read, and only when their content is what their header declares: every PNG chunk's
+CRC holds and the image data inflate to exactly the size IHDR declares (Pillow alone zero-fills missing rows),
+grey PNGs have 8 or 16 bits, and a .npy's size is its header's shape x item size (checked before allocating).
+SIGINT and SIGTERM remove the temporary outputs and the directories predict created, print one line and exit
+with 128 + the signal's number.
 
 Errors (bad input file, corrupt PNG, truncated .npy, a multi-channel image given as depth, a --scale that
 contradicts the checkpoint's, a missing or incomplete checkpoint, an output that already exists without
@@ -121,9 +128,9 @@ def _check_npy(path: pathlib.Path) -> None:
   want = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
   size = os.path.getsize(path)
   if size != want:
-    what = 'is truncated' if size < want else f'holds {size - want} bytes beyond'
-    raise UserError(f'{path}: {what} the {shape} {dtype} array its header declares ({want} bytes, the file has '
-                    f'{size}); expected a complete array saved with numpy.save')
+    what = 'truncated: it ends before' if size < want else f'it holds {size - want} bytes beyond'
+    raise UserError(f'{path}: cannot read .npy depth ({what} the {shape} {dtype} array its header declares: '
+                    f'{want} bytes, the file has {size}); expected a complete array saved with numpy.save')
 
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -151,7 +158,7 @@ def _check_png(path: pathlib.Path) -> None:
   implies. Inflated data are counted, not kept; more than declared stops the count.
   """
   def bad(why):
-    return UserError(f'{path}: {why}; expected an 8- or 16-bit single-channel PNG')
+    return UserError(f'{path}: cannot read PNG ({why}); expected an 8- or 16-bit single-channel PNG')
   with open(path, 'rb') as f:
     if f.read(8) != _PNG_SIGNATURE:
       raise bad('not a PNG file (no PNG signature)')
@@ -197,7 +204,8 @@ def _check_png(path: pathlib.Path) -> None:
               + ('' if inflater.eof else ', and their zlib stream does not end'))
   if colour == 0 and depth not in (8, 16):
     # Pillow would rescale 1/2/4-bit grey to 0-255, and the output would be 8-bit: not the input's type.
-    raise bad(f'a {depth}-bit greyscale PNG (its values would be rescaled and its output stored in another type)')
+    raise UserError(f'{path}: a {depth}-bit greyscale PNG (Pillow would rescale its values, and its output would '
+                    'be stored in another type); expected an 8- or 16-bit single-channel PNG')
 
 
 def _check_regular(path: pathlib.Path) -> None:
@@ -511,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--tile', type=int, default=512,
                  help='input (LR) pixels per tile side for bounded memory; 0 = whole image (default 512)')
   p.add_argument('--overlap', type=int, default=32,
-                 help='input pixels of context on each tile side; raised to the receptive field (default 32)')
+                 help=f'input pixels of context on each tile side, 0 to {MAX_OVERLAP}; raised to the receptive '
+                      "field and capped at the image's size (default 32)")
   p.add_argument('--ensemble', action='store_true', help='8-way flip/transpose self-ensemble (8x slower)')
   p.add_argument('--overwrite', action='store_true', help='replace outputs that already exist')
   p.add_argument('--norm', type=float, default=None,

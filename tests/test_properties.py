@@ -121,3 +121,105 @@ def test_predict_writes_scale_times_the_input_or_one_line(ckpt, tmp_path_factory
   span = float(hi) - float(lo)
   assert np.median(v) >= float(lo) - span - 0.5 * abs(float(lo)) and np.median(v) <= float(hi) + span + 0.5 * abs(
       float(hi)), (np.median(v), lo, hi)
+
+
+# ------------------------------------------------------------------------------------------ issue 37
+# Files that decode but are not what they claim, and config fields that reach JAX unchecked: properties over
+# every byte of a file and every field of configs/default.py (in-process, no checkpoint, fast).
+
+
+def _png_file(tmp_path, bits: int, seed: int) -> pathlib.Path:
+  rng = np.random.default_rng(seed)
+  a = rng.integers(1, 2 ** bits, (9, 13)).astype(np.uint8 if bits == 8 else np.uint16)
+  path = tmp_path / f'd{bits}_{seed}.png'
+  Image.fromarray(a).save(path)
+  return path
+
+
+def _refused(path) -> str:
+  from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError) as e:
+    predict.read_depth(path)
+  assert str(path) in str(e.value) and '\n' not in str(e.value)
+  return str(e.value)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bits=st.sampled_from([8, 16]), where=st.floats(0, 1, exclude_max=True), mask=st.integers(1, 255),
+       cut=st.booleans())
+def test_a_changed_or_cut_png_is_refused(tmp_path, bits, where, mask, cut):
+  """Every single-byte change and every truncation of a PNG is refused (Pillow decodes many of them: it
+  skips the image data's CRCs and zero-fills missing rows)."""
+  path = _png_file(tmp_path, bits, 0)
+  data = path.read_bytes()
+  at = int(where * len(data))
+  bad = tmp_path / 'bad.png'
+  bad.write_bytes(data[:at] if cut else data[:at] + bytes([data[at] ^ mask]) + data[at + 1:])
+  _refused(bad)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(['<f4', '>f8', '<u2', '<i4']), extra=st.integers(-40, 40).filter(bool),
+       fortran=st.booleans())
+def test_a_npy_whose_size_disagrees_with_its_header_is_refused(tmp_path, dtype, extra, fortran):
+  """A .npy cut short or with bytes its header does not declare is refused before np.load allocates."""
+  a = np.asarray(np.random.default_rng(0).uniform(1, 2, (6, 7)), dtype=dtype)
+  path = tmp_path / 'd.npy'
+  np.save(path, np.asfortranarray(a) if fortran else a)
+  assert predict.read_depth(path)[0].shape == (6, 7)  # as saved: read
+  data = path.read_bytes()
+  path.write_bytes(data[:extra] if extra < 0 else data + bytes(extra))
+  _refused(path)
+
+
+def _default_leaves():
+  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
+  return dict(config_lib._leaves(default.get_config()))  # pylint: disable=protected-access
+
+
+def _with(field: str, value):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dsr_jax.configs import test as test_config  # pylint: disable=g-import-not-at-top
+  raw = test_config.get_config().to_dict()
+  node = raw
+  *parents, leaf = field.split('.')
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  return ml_collections.ConfigDict(raw)  # a config file can hold what an override could not
+
+
+def _wrong_values(ref):
+  if isinstance(ref, bool):
+    return ['False', 0]  # a string is always true; 0 is no bool
+  if isinstance(ref, int):
+    return [2 ** 31, 1.5, True]
+  if isinstance(ref, float):
+    return ['0.1', None]
+  if isinstance(ref, str):
+    return [1]
+  if isinstance(ref, tuple):
+    return ['32x32', (32,)]
+  return []
+
+
+@pytest.mark.parametrize('field', sorted(_default_leaves()))
+def test_every_config_field_is_validated(field):
+  """Every field of configs/default.py, given a value of the wrong type or an integer beyond int32, is refused
+  by config_lib.validate with a ConfigError naming it, before any data or JAX work."""
+  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  ref = _default_leaves()[field]
+  for value in _wrong_values(ref):
+    config = _with(field, value)
+    for mode in ('train', 'eval'):
+      if mode == 'eval':
+        config.eval.checkpoint_dir = config.eval.checkpoint_dir or 'x'
+        if field == 'eval.checkpoint_dir':
+          continue
+      with pytest.raises(ConfigError) as e:
+        config_lib.validate(config, mode=mode)
+      assert str(e.value).startswith(f'{field}='), (field, value, str(e.value))
