@@ -8,7 +8,9 @@ the training `config` (model.use_denet / use_spnet set False, so that it describ
 contains; the original values stay in config.export) and `metrics` (when the source had them). `predict
 --checkpoint` and `--config.eval.checkpoint_dir` take the exported directory as they take a workdir.
 Errors print one line and exit with status 2; an existing output is never replaced without --overwrite,
-and never one that is, holds or lies inside the source (a workdir's checkpoints/ or checkpoints_best/).
+and never one that is, holds or lies inside the source (a workdir's checkpoints/ or checkpoints_best/). No
+output may lie inside any checkpoint directory (a shipped one would fail its SHA256SUMS), in a system
+directory or the filesystem root, or show a shell mistake (dsr_jax/paths.py).
 """
 import json
 import logging
