@@ -76,8 +76,12 @@ def get_config(arg=None):
   m.stages = 4  # T: back-projection stages of DSRNet / residual stages of DENet (paper preset 7).
   m.de_blocks = 2  # R: residual blocks per DENet stage.
   m.residual = True  # (choice) add bicubic upsampling of the LR to DSRNet's output.
-  m.bp_impl = 'polyphase'  # Back-projection conv form: 'polyphase' (fast) | 'reference' (nn.ConvTranspose-style).
-  m.dtype = 'float32'  # Compute dtype ('float32' | 'bfloat16'); params and optimizer stay float32.
+  # Back-projection conv form: 'polyphase' (fast on CPU) | 'reference' (nn.ConvTranspose-style) | 'auto' = the
+  # backend's: polyphase everywhere until a GPU/TPU measurement says otherwise (models.auto_bp_impl).
+  m.bp_impl = 'auto'
+  # Compute dtype: 'float32' | 'bfloat16' | 'auto' = bfloat16 on GPU/TPU, float32 on CPU (models.auto_dtype).
+  # Params and optimizer stay float32. A run resolves 'auto' once; its checkpoints record what it used.
+  m.dtype = 'auto'
   m.use_denet = True  # False = DSRNet alone ("w/o CT" ablation).
   m.use_spnet = True  # False = cross-task without SPNet.
   # docs/method.md, rule 1: DSRNet's side outputs D^n_sr carry the same bicubic global residual as its main

@@ -197,7 +197,7 @@ def _validate_train(config) -> None:
   from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
   cross_task = bool(config.model.use_denet)
   roles.validate(config, cross_task)
-  models_lib.build(config.model)
+  models_lib.check(config.model)  # not build: resolving model.dtype='auto' would start the jax backend
   from dsr_jax import optim  # pylint: disable=g-import-not-at-top
   for net in config.optim:
     optim.schedule(config.optim[net], config.train.num_steps)  # its ConfigError names a bad schedule

@@ -748,6 +748,9 @@ def run(config, workdir: str) -> dict:
   result = {'dataset': dataset, 'split': 'test', 'scale': scale, 'model': name,
             'checkpoint': shown_path(info.get('dir', ''), str(config.eval.checkpoint_dir)),
             'step': info.get('step'),
+            # What the network computed with (its checkpoint's config; 'auto' resolved when it trained).
+            'dtype': models.dtype if baseline != 'bicubic' else None,
+            'bp_impl': models.bp_impl if baseline != 'bicubic' else None,
             'tile': int(tile), 'overlap': int(overlap), 'ensemble': ensemble, 'degradation': degradation,
             'protocol': dataclasses.asdict(proto), **result}
   if dataset == 'middlebury2005' and degradation == 'protocol':  # the paper's LR is the protocol's alone

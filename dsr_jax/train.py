@@ -245,6 +245,9 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
   from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   started = time.time() if started is None else started
   validate(config)
+  # model.dtype / bp_impl 'auto' become this backend's choices, once: everything below, the configs saved
+  # with the checkpoints included, sees what the run used.
+  config = models_lib.resolve_config(config)
   paths.check_dir_target(workdir, '--workdir')
   workdir = os.path.abspath(workdir)
   resuming = check_resume_config(config, workdir)
