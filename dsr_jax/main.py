@@ -55,7 +55,10 @@ def run(config, workdir: str) -> int:
         print(f"done: step {summary['step']}; validation MAD {summary['val_mad']:.4f} vs bicubic "
               f"{summary['bicubic_mad']:.4f} ({summary['val_images']} images, "
               f"{config.data.val_name or config.data.name})")
-        print(f'TensorBoard logs: {summary["workdir"]}  (tensorboard --logdir {summary["workdir"]})')
+        if summary.get('metrics_file'):  # no TensorFlow: no TensorBoard files (dsr_jax/writers.py)
+          print(f'metrics: {summary["metrics_file"]}')
+        else:
+          print(f'TensorBoard logs: {summary["workdir"]}  (tensorboard --logdir {summary["workdir"]})')
         print(f'checkpoints: {summary["checkpoints"]}  (best by validation MAD: {summary["best_checkpoint"]})')
       return 0
     if config.mode == 'eval':

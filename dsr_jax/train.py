@@ -28,6 +28,7 @@ from dsr_jax import roles
 from dsr_jax import sharding
 from dsr_jax import state as state_lib
 from dsr_jax import steps
+from dsr_jax import writers
 from dsr_jax import xla_options
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
@@ -225,15 +226,6 @@ def check_resume_config(config, workdir: str) -> bool:
                     'were trained with, or give another --workdir')
 
 
-def _keep_tf_off_accelerators():
-  # TF (clu's TensorBoard writer) would otherwise reserve GPU memory that JAX needs.
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')
-  except Exception:  # pylint: disable=broad-except
-    pass
-
-
 def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float | None = None) -> dict:
   """Trains (resuming from the latest checkpoint in workdir) and returns the final validation summary.
 
@@ -281,10 +273,9 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
   if tcfg.init_from and not resuming:
     from dsr_jax import restore  # pylint: disable=g-import-not-at-top
     init_dsr = restore.init_from(tcfg.init_from, abstract.params)['dsr']
-  # clu's writer and actions import TensorFlow (~4 s): only once every check above has passed.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  _keep_tf_off_accelerators()
+  # clu's writer and actions import TensorFlow (~4 s): only once every check above has passed. Without
+  # TensorFlow the metrics go to the console and metrics.jsonl (writers.py).
+  sink = writers.Sink()
   os.makedirs(workdir, exist_ok=True)
   # Held until the run ends; a second run on this workdir refuses instead of mixing its checkpoints in.
   with lifecycle.workdir_lock(workdir), lifecycle.StopRequest(tcfg.time_budget, started) as stop:
@@ -341,13 +332,15 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
     new_round = jax.jit(steps.start_round, out_shardings=repl, donate_argnums=0)
     images_fn = jax.jit(functools.partial(image_summaries, models, scale=scale))
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = sink.writer(workdir, just_logging=jax.process_index() > 0)
+    if not sink.tensorboard:
+      _say(sink.notice(workdir))
     if start == 0:
       writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
-    report = periodic_actions.ReportProgress(num_train_steps=tcfg.num_steps, writer=writer)
+    report = sink.report(tcfg.num_steps, writer)
     hooks = [report]
     if tcfg.profile and jax.process_index() == 0:
-      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+      hooks.append(sink.profile(workdir, 5))
 
     prefetch = Prefetcher(train_iter, mesh, config.data.prefetch)
     def keep_best(step, mad, bic):
@@ -392,7 +385,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
     val, val_step = None, -1
     summary = {}
     try:
-      with metric_writers.ensure_flushes(writer), jax.set_mesh(mesh):
+      with writers.ensure_flushes(writer), jax.set_mesh(mesh):
         # Host copy of the teacher: it only changes at round starts, so reading state.teacher every step
         # would be a needless per-step host sync that stalls asynchronous dispatch.
         teacher = int(jax.device_get(state.teacher))
@@ -434,7 +427,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
             writer.write_scalars(done, vals)
             _say(_progress_line(done, tcfg.num_steps, vals, teacher if is_ct else None))
             sums, n_acc = zero_sums(), 0
-          if done % tcfg.image_every == 0 or is_last:
+          if sink.tensorboard and (done % tcfg.image_every == 0 or is_last):
             _write_images(writer, done, images_fn(state.params, batch))
             if val_scene is not None:
               writer.write_images(done, {'images/val_scene': val_scene_strip(
@@ -478,6 +471,8 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
                      'checkpoints': checkpointing.ckpt_dir(workdir), 'step': final_step,
                      'best_val_mad': best['mad'],
                      'best_checkpoint': os.path.join(workdir, checkpointing.BEST_DIR)}
+      if not sink.tensorboard:
+        summary['metrics_file'] = writers.metrics_path(workdir)
     finally:
       prefetch.close()
       try:
