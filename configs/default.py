@@ -157,8 +157,9 @@ def get_config(arg=None):
   # compilation included). At each log step (train.log_every) the run stops if the time spent plus what it
   # must still do would pass the limit: one more log interval (as long as the last one), the final validation
   # (as long as the last one; before any, as long as the start-up) and a checkpoint save (the slowest so
-  # far). It stops as on SIGTERM, saving that step, and then runs the final validation and keeps the best
-  # checkpoint; exit status 0. The same command with a larger budget resumes exactly.
+  # far); between log steps (one process only) without the interval. It stops as on SIGTERM, saving that
+  # step, then runs the final validation and keeps the best checkpoint; exit status 0. The same command with
+  # a larger budget resumes exactly.
   t.time_budget = 0.0
 
   # ---------------------------------------------------------------- evaluation

@@ -382,6 +382,7 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
     last_data_state = data_state if data_state is not None else train_iter.get_state()
     t_log = time.perf_counter()
     t_budget = t_log
+    single_process = jax.process_count() == 1
     val, val_step = None, -1
     summary = {}
     try:
@@ -442,6 +443,10 @@ def train_and_evaluate(config, workdir: str, *, role_rule=None, started: float |
             now = time.perf_counter()
             stop.over_budget((now - t_budget) + took['validation'] + took['save'])
             t_budget = now
+          elif not is_last and single_process:
+            # Between log steps too, where no other process must agree: a first interval that compiles the
+            # phases' steps can outlast a short budget.
+            stop.over_budget(took['validation'] + took['save'])
           if not is_last and stop.requested(done):
             # Preempted, or out of time: this step is saved (unless it just was) and the run ends cleanly;
             # the same command resumes from exactly here.
