@@ -236,7 +236,9 @@ def super_resolve(dsr, params, lr, *, tile: int = 0, overlap: int = 32, ensemble
     x = x[..., 0]
   if x.ndim != 2 or min(x.shape) < 1:
     raise ValueError(f'super_resolve: expected an (h, w) or (h, w, 1) map, got shape {np.shape(lr)}')
-  margin = max(int(overlap), receptive_margin(dsr))
+  # Context beyond the image's own size is only its reflection, and beyond the receptive margin it never
+  # changes the output: cap it there, so a huge eval.overlap cannot ask for huge windows.
+  margin = max(min(int(overlap), max(x.shape)), receptive_margin(dsr))
   fn = _apply_fn(dsr)
 
   passes = len(ENSEMBLE) if ensemble else 1

@@ -20,6 +20,13 @@ PNG and 8-bit PNG -> 8-bit PNG (rounded, clipped to the type's range; valid pixe
 0 always means a hole), .npy -> .npy of the same dtype and shape ((H, W, 1) -> (sH, sW, 1); floats clipped
 below at 0).
 
+Which network: the shipped `dsrnet_x4` and `dsrnet_x8` were trained on LR drawn from a mixture of
+degradations (data.degrade='random': resizers with and without antialiasing, area and point sampling at
+random sub-pixel offsets, blur, Gaussian and depth-proportional noise, 8/16-bit quantisation, filled holes),
+so they tolerate the LR that image libraries and sensors make. `dsrnet_x4_protocol` and `dsrnet_x8_protocol`
+expect exactly the paper's LR (MATLAB-style antialiased bicubic, float, no noise); there they score best, and
+on any other LR they may do worse than bicubic upsampling (README, "Results"; docs/method.md, "Degradations").
+
 Holes: zero, negative or non-finite (NaN, inf) input pixels are holes. For the network they are filled
 with the nearest valid depth; in the output they stay holes at the upsampled positions (nearest-neighbour
 upsampling of the hole mask: output pixel (i, j) is a hole when input pixel (i // s, j // s) is), with the
@@ -510,8 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
              'and disparity sets, 4000 for rgbdd mm, 10 for nyu_v2 m, 1 for synthetic) unless --norm is '
              'given. Any error prints one line and exits with status 2; nothing is written then.')
   p.add_argument('--checkpoint', required=True,
-                 help='a shipped checkpoint by name (dsrnet_x4, dsrnet_x8; checked against its SHA256SUMS), a '
-                      'training workdir, its checkpoints/ directory, or one step directory')
+                 help='a shipped checkpoint by name (checked against its SHA256SUMS): dsrnet_x4, dsrnet_x8 '
+                      'were trained on LR made in many ways (antialiased or aliasing resizers, area, point '
+                      'sampling, blur, noise, 8/16-bit files, holes) and suit any LR you have; '
+                      'dsrnet_x4_protocol, dsrnet_x8_protocol were trained on MATLAB-style antialiased '
+                      'bicubic LR kept in float alone (the paper\'s protocol, where they score best) and do '
+                      'worse than bicubic upsampling on LR made otherwise or with noise. Or a training '
+                      'workdir, its checkpoints/ directory, or one step directory')
   p.add_argument('--input', required=True, help='a .png/.npy depth map, or a directory of them')
   p.add_argument('--output', required=True, help='output directory (created if missing)')
   p.add_argument('--scale', type=positive_int, default=None,

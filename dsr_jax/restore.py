@@ -64,6 +64,14 @@ def file_sums(root) -> dict:
           for f in sorted(root.rglob('*')) if f.is_file() and f.name != SUMS}
 
 
+def write_sums(root) -> str:
+  """Writes <root>/SHA256SUMS for every file under `root` (shipping a checkpoint); returns the list's sha256."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  text = ''.join(f'{digest}  {rel}\n' for rel, digest in file_sums(root).items())
+  (pathlib.Path(root) / SUMS).write_text(text)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
 def verify_sums(root) -> None:
   """Checks <root>/SHA256SUMS ('<sha256>  <relative path>' lines); UserError naming the first mismatch."""
   root = pathlib.Path(root)

@@ -178,6 +178,8 @@ def main(argv=None) -> int:
     print('error: expected --checkpoint (one or more), or --table-only', file=sys.stderr)
     return 2
   try:
+    from dsr_jax import paths  # pylint: disable=g-import-not-at-top
+    paths.check_dir_target(a.out, '--out')
     os.makedirs(a.out, exist_ok=True)
     if not a.table_only:
       for ck in a.checkpoint:
