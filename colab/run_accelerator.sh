@@ -19,10 +19,7 @@ if [ $# -gt 0 ] && [[ $1 != -* ]]; then
   budget=$1
   shift
 fi
-# Paths are the caller's; the command runs in the checkout (for python -m dsr_jax.*).
-abs() { python3 -c 'import os, sys; print(os.path.abspath(os.path.expanduser(sys.argv[1])))' "$1"; }
-[ -f "${config%%:*}" ] && config=$(abs "${config%%:*}")${config#"${config%%:*}"}
-workdir=$(abs "$workdir")
-outdir=$(abs "$outdir")
-cd "$(dirname "$0")/.."
+# Paths stay the caller's (the command makes them absolute); the checkout is found through PYTHONPATH.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 exec python3 -m dsr_jax.accelerator --config "$config" --workdir "$workdir" --output "$outdir" --budget "$budget" "$@"

@@ -32,6 +32,8 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# The steps run in the checkout (where `python -m dsr_jax.*` finds this one); from a wheel, where the caller is.
+STEP_CWD = REPO if (REPO / 'configs').is_dir() else None
 # Training writes its metrics to metrics.jsonl without these (writers.py); eval and export never import them.
 NOT_NEEDED = ('tensorflow-cpu', 'tensorflow', 'tensorboard')
 EVAL_DATASET = 'middlebury2005'
@@ -68,7 +70,7 @@ def run(console: Console, cmd: list, env=None, label: str = '') -> tuple[int, li
   console.say(f'$ {label or " ".join(shlex.quote(c) for c in cmd)}')
   t0 = time.time()
   lines = []
-  _child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+  _child = subprocess.Popen(cmd, cwd=STEP_CWD, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
   try:
     for line in _child.stdout:
@@ -229,8 +231,16 @@ def parse_args(argv):
   return a
 
 
+def _config_path(config: str) -> str:
+  """A config file given relative to the caller's directory, made absolute (the steps run in the checkout);
+  an installed config's name, or a path relative to the checkout, as given."""
+  path, sep, arg = config.partition(':')
+  return os.path.abspath(os.path.expanduser(path)) + sep + arg if os.path.isfile(path) else config
+
+
 def main(argv=None) -> int:
   a = parse_args(sys.argv[1:] if argv is None else argv)
+  a.config = _config_path(a.config)
   outdir = pathlib.Path(a.output).expanduser().absolute()
   workdir = pathlib.Path(a.workdir).expanduser().absolute()
   try:
@@ -324,7 +334,7 @@ def _steps(a, console, env, facts, outdir, workdir) -> int:
     if eval_dir.is_dir():
       import shutil  # pylint: disable=g-import-not-at-top
       shutil.rmtree(eval_dir)  # this command's previous report: its best checkpoint may have moved on
-    cmd = [sys.executable, '-m', 'dsr_jax.main', '--config', f'configs/eval.py:{EVAL_DATASET}',
+    cmd = [sys.executable, '-m', 'dsr_jax.main', '--config', f'eval:{EVAL_DATASET}',
            '--workdir', str(outdir), f'--config.eval.checkpoint_dir={workdir}']
     if a.no_eval_images:
       cmd.append('--config.eval.images=False')
