@@ -54,7 +54,7 @@ class StopRequest:
   """Context manager; `requested(step)` says whether to save `step` and stop. Call it after every step.
 
   budget_min > 0 (train.time_budget) adds a deadline `started` + budget_min minutes (started: a time.time(),
-  default now); `over_budget` asks it at log steps.
+  default now); train asks `over_budget` at log steps, and on one process after every step.
   """
 
   def __init__(self, budget_min: float = 0.0, started: float | None = None):
@@ -71,7 +71,8 @@ class StopRequest:
   def over_budget(self, work_left_s: float) -> bool:
     """Whether the time spent plus `work_left_s` (the caller's estimate of what the run must still do before
     it can stop: the next log interval, the final validation and save) would pass the budget; once true,
-    `requested` says stop. Every process calls it at the same steps; process 0's clock decides for all."""
+    `requested` says stop. Under several processes every one calls it at the same steps, and process 0's
+    clock decides for all."""
     if self.budget_s is None or self._over:
       return self._over
     over = self.elapsed() + max(work_left_s, 0.0) > self.budget_s
