@@ -10,8 +10,9 @@ on the Middlebury 2005 benchmark. Each finished run stores, under `<out>/<row>_s
   eval_middlebury2005.json    the full evaluation report
 
 A run whose result.json exists is skipped, so an interrupted study carries on where it stopped. The table
-(`<out>/TABLE.md`, and the README's block between the ct_study markers when --readme is given) is written from
-these files only. Training directories go to --runs (never into git).
+(`<out>/TABLE.md`, and, with --doc docs/study.md, that page's block between the markers named after --out,
+e.g. <!-- ct_study_9k:begin --> ... <!-- ct_study_9k:end -->) is written from these files only. Training
+directories go to --runs (never into git).
 
 Rows: a base row, optionally followed by '+modifier' changes (e.g. 'D+sw0.1'):
 """
@@ -320,20 +321,21 @@ def table(rows: dict) -> str:
 
 
 def markers(out: str) -> tuple[str, str]:
-  """The README block of a results directory: <!-- ct_study:begin --> for results/ct_study, and so on, so
-  that studies at other step counts or scales keep tables of their own."""
+  """The docs/study.md block of a results directory: <!-- ct_study:begin --> for results/ct_study, and so on,
+  so that studies at other step counts or scales keep tables of their own."""
   name = os.path.basename(os.path.normpath(out))
   if name == 'ct_study':
     return README_BEGIN, README_END
   return f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
 
 
-def write_table(out: str, readme: str = '') -> str:
+def write_table(out: str, doc: str = '') -> str:
+  """Writes `<out>/TABLE.md` and, when `doc` names a Markdown file (docs/study.md), its block for `out`."""
   text = table(load_results(out))
   with open(os.path.join(out, 'TABLE.md'), 'w') as f:
     f.write('# Cross-task study (written by `python -m dsr_jax.study`; do not edit)\n\n' + text)
-  if readme:
-    write_block(readme, *markers(out), text)
+  if doc:
+    write_block(doc, *markers(out), text)
   return text
 
 
@@ -342,7 +344,7 @@ def write_block(path: str, begin: str, end: str, text: str) -> None:
   with open(path) as f:
     doc = f.read()
   if not (begin in doc and end in doc and doc.index(begin) < doc.index(end)):
-    raise errors.UserError(f'--readme {path}: expected the markers {begin} ... {end}')
+    raise errors.UserError(f'{path}: expected the markers {begin} ... {end}')
   head, rest = doc.split(begin, 1)
   _, tail = rest.split(end, 1)
   with open(path, 'w') as f:
@@ -361,7 +363,9 @@ def build_parser():
   p.add_argument('--data-dir', default='', help='the data directory (default: $DSR_DATA_DIR)')
   p.add_argument('--steps', type=int, default=0, help='override train.num_steps (0 = the preset)')
   p.add_argument('--nice', type=int, default=10, help='niceness of the training processes (0 = none)')
-  p.add_argument('--readme', default='', help='also rewrite the ct_study block of this README')
+  p.add_argument('--doc', '--readme', dest='doc', default='', metavar='MARKDOWN',
+                 help="also rewrite this Markdown file's block for --out (the study's page: docs/study.md; "
+                 '--readme is the old name)')
   p.add_argument('--table-only', action='store_true', help='only rewrite the table from stored results')
   return p
 
@@ -391,8 +395,8 @@ def main(argv=None) -> int:
           r = run_one(row, seed, a)
           print(f'{row}_s{seed}: Middlebury 2005 MAD {r["middlebury2005"]["mean"]["mad"]:.4f}, '
                 f'best val MAD {r["val_mad_best"]:.4f}, train {r["train_wall_s"]:.0f} s', flush=True)
-          write_table(a.out, a.readme)
-    print(write_table(a.out, a.readme))
+          write_table(a.out, a.doc)
+    print(write_table(a.out, a.doc))
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
