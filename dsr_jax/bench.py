@@ -34,7 +34,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--cpu-convs', default='eigen', choices=xla_options.CPU_CONVOLUTIONS,
                  help='XLA:CPU convolution library (config field cpu_convolutions); ignored off CPU')
   p.add_argument('--teacher-input', default='rgb', choices=['rgb', 'rgbd'],
-                 help='model.teacher_input: what DENet sees (Revision 2, rule 5)')
+                 help='model.teacher_input: what DENet sees (docs/method.md, rule 5)')
 
 
 def model_config(a) -> ml_collections.ConfigDict:

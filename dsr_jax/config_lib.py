@@ -217,7 +217,7 @@ def _validate_train(config) -> None:
 
 
 def _check_one_convention(name: str) -> None:
-  # Revision 2, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
+  # docs/method.md, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
   # one training mix would ask it for two contradictory mappings.
   from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   try:
@@ -265,8 +265,8 @@ def _validate_eval(config) -> None:
 
 # Model fields added after checkpoints were first saved, with the value that rebuilds the network such a
 # checkpoint was trained as (not today's default where the two differ: side heads had no residual before
-# Revision 2). A saved config is upgraded once, on load (restore.read_config), so code reads every field
-# directly.
+# rule 1 of docs/method.md). A saved config is upgraded once, on load (restore.read_config), so code reads
+# every field directly.
 _ADDED_MODEL_FIELDS = {
     'residual': True,
     'bp_impl': 'polyphase',

@@ -729,7 +729,7 @@ def run(config, workdir: str) -> dict:
 
     def predict(lr):
       return super_resolve(models.dsr, params['dsr'], lr, tile=tile, overlap=overlap, ensemble=ensemble)
-    # Monocular DE metrics only for an RGB-only DENet (Revision 2, rule 5): an 'rgbd' one also saw the LR.
+    # Monocular DE metrics only for an RGB-only DENet (docs/method.md, rule 5): an 'rgbd' one also saw the LR.
     if 'denet' in params and models.denet is not None and not models.denet.depth_input:
       denet, denet_params = models.denet, params['denet']
       estimate = lambda rgb: estimate_depth(denet, denet_params, rgb, tile=tile)

@@ -2,7 +2,7 @@
 
 A network that does not train in a phase enters through `stop_gradient` of its parameters, so its backward
 pass is never built. Within a phase, each loss term sees the outputs of the networks outside its reach as
-constants: distillation targets never pass a gradient to the teacher (Revision 2, rule 2).
+constants: distillation targets never pass a gradient to the teacher (docs/method.md, rule 2).
 """
 from typing import Any
 
@@ -39,7 +39,7 @@ def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg
   hr, v = batch['hr_depth'], batch['valid']
   o = _cut(outs, term.nets)
   sw = loss_cfg.side_weight
-  if term.name == 'dsr':  # L_DSR (+ side supervision, Revision 2 rule 1)
+  if term.name == 'dsr':  # L_DSR (+ side supervision, docs/method.md rule 1)
     value = losses.l1(o['dsr'].depth, hr, v)
     return value + sw * _side_l1(o['dsr'].sides, hr, v) if sw else value
   if term.name == 'de':  # L_DE = SSIM + L1 (+ side supervision)
@@ -49,7 +49,7 @@ def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg
     factor = dict(term.reach)['spnet']
     sp_params = losses.scale_gradient(params['spnet'], factor) if factor != 1.0 else params['spnet']
     d_sr, d_de = o['dsr'].depth, o['denet'].depth
-    if loss_cfg.detach_uncertainty:  # Revision 2 rule 4: the uncertainty branch sees constant depths
+    if loss_cfg.detach_uncertainty:  # docs/method.md, rule 4: the uncertainty branch sees constant depths
       d_sr, d_de = jax.lax.stop_gradient((d_sr, d_de))
     s_pred = models.spnet.apply({'params': sp_params}, o['dsr'].feats[-1], o['denet'].feats[-1],
                                 d_sr, d_de, hr)

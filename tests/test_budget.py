@@ -11,6 +11,8 @@ import chex
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import subprocess_env
+
 from dsr_jax import lifecycle
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -59,19 +61,7 @@ sharding.to_global = to_global
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
-  e = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_', 'TF_', 'DSR_'))}
-  e.update({
-      'JAX_PLATFORMS': 'cpu',
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
-      'TF_CPP_MIN_LOG_LEVEL': '3',
-      'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH', '')])),
-      # The three runs compile the same programs: the cache makes the second and third cheap.
-      'JAX_COMPILATION_CACHE_DIR': str(tmp_path_factory.mktemp('xla_cache')),
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
-      'JAX_DISABLE_MOST_OPTIMIZATIONS': '1',
-  })
-  return e
+  return subprocess_env(tmp_path_factory.mktemp('xla_cache'))
 
 
 def _cmd(workdir, budget):

@@ -16,6 +16,8 @@ import chex
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from conftest import subprocess_env
 from conftest import POISON_SITECUSTOMIZE
 
 pytestmark = pytest.mark.slow
@@ -27,20 +29,7 @@ TIMEOUT = 240  # seconds, per training subprocess (a cold compile on 2 cores tak
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
-  e = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_', 'TF_', 'DSR_'))}
-  e.update({
-      'JAX_PLATFORMS': 'cpu',
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
-      'TF_CPP_MIN_LOG_LEVEL': '3',
-      'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH', '')])),
-      # Restarts recompile the same programs; the cache turns ~40 s of compiling into ~2 s.
-      'JAX_COMPILATION_CACHE_DIR': str(tmp_path_factory.mktemp('xla_cache')),
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
-      # As the in-process tests' fast_xla: what is checked (bit-identical resumes) holds at any setting.
-      'JAX_DISABLE_MOST_OPTIMIZATIONS': '1',
-  })
-  return e
+  return subprocess_env(tmp_path_factory.mktemp('xla_cache'))
 
 
 def _cmd(workdir, *extra):
