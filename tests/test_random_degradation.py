@@ -189,3 +189,15 @@ def test_fixed_is_picklable_and_frozen():
   assert pickle.loads(pickle.dumps(spec)) == spec
   with pytest.raises(dataclasses.FrozenInstanceError):
     spec.clean = 0.0
+
+
+def test_realscene_registration_measures_shift_and_blur(shared_data_dir):
+  if not (shared_data_dir / 'rgbdd' / 'realscene').is_dir():
+    pytest.skip('no rgbdd/realscene in the data directory')
+  reg = robustness.realscene_registration(str(shared_data_dir), scale=4, shift=1)
+  assert reg['per_scene']
+  for scene in reg['per_scene'].values():
+    # The unshifted upsampling is among the shifts tried, so the best one can only be as good or better.
+    assert scene['shifted_rmse_cm'] <= scene['bicubic_rmse_cm']
+    assert max(abs(v) for v in scene['best_shift']) <= 1
+    assert all(np.isfinite(scene[f'blur{s}_rmse_cm']) for s in (1, 2, 4))
