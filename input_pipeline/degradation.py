@@ -177,6 +177,7 @@ EVAL_DEGRADATIONS = {
     'tof1_u8': Fixed('bicubic', tof=0.01, bits=8),
 }
 EVAL_CHOICES = (PROTOCOL,) + tuple(EVAL_DEGRADATIONS)
+EVAL_SEED = 0  # the noise of the named degradations, whatever the run's seed
 
 
 def eval_degradation(name: str, s: int) -> Fixed:

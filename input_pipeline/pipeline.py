@@ -260,10 +260,11 @@ class _EvalBatch(grain.transforms.Map):
     ex = self.source[index]
     transforms.check_example(ex)
     ex = transforms.Normalize().map(ex)
-    # Noise (noisy-DSR evaluation) is seeded per image, so every evaluation sees the same LR.
-    rng = np.random.default_rng([self.seed, index])
     name = ex.get('degradation', degradation.PROTOCOL)
     fixed = None if name == degradation.PROTOCOL else degradation.eval_degradation(name, self.scale)
+    # Noise is seeded per image, so every evaluation sees the same LR. A named degradation's seed is fixed
+    # (not config.seed): validation of runs with different seeds, and every robustness table, score one LR.
+    rng = np.random.default_rng([self.seed if fixed is None else degradation.EVAL_SEED, index])
     lr = transforms.make_lr(ex['depth'], self.scale, self.method, self.noise_sigma / float(ex['norm']), rng,
                             fixed=fixed)
     real = transforms.has_valid_depth({'depth': ex['depth'], 'valid': ex['valid']})

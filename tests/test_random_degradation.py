@@ -201,3 +201,14 @@ def test_realscene_registration_measures_shift_and_blur(shared_data_dir):
     assert scene['shifted_rmse_cm'] <= scene['bicubic_rmse_cm']
     assert max(abs(v) for v in scene['best_shift']) <= 1
     assert all(np.isfinite(scene[f'blur{s}_rmse_cm']) for s in (1, 2, 4))
+
+
+def test_named_degradations_ignore_the_run_seed():
+  from tests.test_pipeline import ListSource, example  # pylint: disable=g-import-not-at-top
+  src = ListSource([example(np.linspace(10, 200, 32 * 32).reshape(32, 32), 'a', norm=255.0)])
+  lrs = []
+  for seed in (0, 3):
+    c = small_config()
+    c.seed = seed
+    lrs.append(pipeline.eval_dataset(c, source=src, degradations=('noise2_u8',))[0]['lr_depth'])
+  np.testing.assert_array_equal(lrs[0], lrs[1])
