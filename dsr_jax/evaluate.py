@@ -817,6 +817,24 @@ def summary(result: dict) -> str:
           f'{result["protocol"]["unit"]}): {values}; wrote {result["files"]["json"]} and {result["files"]["md"]}')
 
 
+def real_sensor_scenes(data_dir, scale: int):
+  """(name, HR mm (H, W), valid (H, W), LR normalised (ceil(H/s), ceil(W/s)), norm) of each RGB-D-D
+  'realscene' pair, the LR prepared as step 1 of `real_sensor` says."""
+  norm = readers.dataset_info('rgbdd').norm
+  for rec in readers.list_records(data_dir, 'rgbdd', 'realscene'):
+    ex = readers.load_example(rec)
+    hr, valid = ex['depth'].astype(np.float64), ex['valid'] > 0
+    lr = readers.load_depth_lr(rec).astype(np.float64)
+    th, tw = -(-hr.shape[0] // scale), -(-hr.shape[1] // scale)
+    lr = resize.resize(lr, th / lr.shape[0], tw / lr.shape[1], 'bicubic')
+    yield rec.name, hr, valid, lr[:th, :tw] / norm, norm
+
+
+def rmse_cm(pred_mm, hr_mm, valid) -> float:
+  """RMSE in cm over the valid pixels of a millimetre map (the RGB-D-D unit)."""
+  return float(np.sqrt(np.mean((pred_mm[valid] - hr_mm[valid]) ** 2)) / 10.0)
+
+
 def real_sensor(dsr, params, data_dir, scale: int) -> dict:
   """RGB-D-D 'realscene': the data's only real LR inputs (phone time-of-flight, 192x144) against a 512x384 HR.
 
@@ -827,20 +845,12 @@ def real_sensor(dsr, params, data_dir, scale: int) -> dict:
   3. RMSE in cm over the HR's valid pixels (the literature's RGB-D-D unit), no border crop.
   Returns {'per_scene': {name: {'rmse_cm', 'bicubic_rmse_cm'}}, 'mean': {...}, 'protocol': str}.
   """
-  norm = readers.dataset_info('rgbdd').norm
   per_scene = {}
-  for rec in readers.list_records(data_dir, 'rgbdd', 'realscene'):
-    ex = readers.load_example(rec)
-    hr, valid = ex['depth'].astype(np.float64), ex['valid'] > 0
-    lr = readers.load_depth_lr(rec).astype(np.float64)
+  for name, hr, valid, lr, norm in real_sensor_scenes(data_dir, scale):
     h, w = hr.shape
-    th, tw = -(-h // scale), -(-w // scale)
-    lr = resize.resize(lr, th / lr.shape[0], tw / lr.shape[1], 'bicubic')
-    lr = lr[:th, :tw] / norm
     ours = super_resolve(dsr, params, lr.astype(np.float32))[:h, :w] * norm
     bic = resize.upsample_bicubic(lr, scale)[:h, :w] * norm
-    rmse = lambda p: float(np.sqrt(np.mean((p[valid] - hr[valid]) ** 2)) / 10.0)
-    per_scene[rec.name] = {'rmse_cm': rmse(ours), 'bicubic_rmse_cm': rmse(bic)}
+    per_scene[name] = {'rmse_cm': rmse_cm(ours, hr, valid), 'bicubic_rmse_cm': rmse_cm(bic, hr, valid)}
   mean = {k: float(np.mean([v[k] for v in per_scene.values()])) for k in ('rmse_cm', 'bicubic_rmse_cm')}
   return {'per_scene': per_scene, 'mean': mean,
           'protocol': f'real LR bicubic-resized to HR/{scale}, x{scale}, RMSE cm over valid HR pixels'}

@@ -41,20 +41,18 @@ def _report_path(out: str, label: str, scale: int, row: str) -> str:
 def evaluate_checkpoint(checkpoint: str, out: str, rows, data_dir: str = '', log=print) -> str:
   """Runs every row of `rows` for one checkpoint (skipping rows already stored); returns its label."""
   from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
+  from dsr_jax import study  # pylint: disable=g-import-not-at-top
   from dsr_jax.config_lib import load_config  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
-  cfg0, params = restore.load_for_inference(checkpoint)
-  scale, label = int(cfg0.model.scale), label_of(checkpoint)
+  scale = int(restore.read_config(*restore.resolve_checkpoint(checkpoint)).model.scale)
+  label = label_of(checkpoint)
   workdir = os.path.join(out, label)
   for row in rows:
     if row == REALSCENE:
       path = os.path.join(workdir, 'realscene.json')
-      root = readers.resolve_data_dir(data_dir)
-      if os.path.exists(path) or not (root / 'rgbdd' / 'realscene').is_dir():
+      res = None if os.path.exists(path) else study.real_sensor(checkpoint, data_dir)
+      if res is None:  # stored already, or the data has no realscene split
         continue
-      res = evaluate.real_sensor(models_lib.build(cfg0.model).dsr, params, str(root), scale)
       res.update(scale=scale, checkpoint=checkpoint)
       os.makedirs(workdir, exist_ok=True)
       with open(path, 'w') as f:
@@ -80,23 +78,19 @@ def realscene_registration(data_dir: str = '', scale: int = 4, shift: int = 4) -
   says the LR is not registered to the ground truth, and that the metric there rewards blur."""
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dsr_jax import resize  # pylint: disable=g-import-not-at-top
   from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
-  root = readers.resolve_data_dir(data_dir)
   out = {}
-  for rec in readers.list_records(str(root), 'rgbdd', 'realscene'):
-    ex = readers.load_example(rec)
-    hr, valid = ex['depth'].astype(np.float64), ex['valid'] > 0
-    lr = readers.load_depth_lr(rec).astype(np.float64)
+  for name, hr, valid, lr, norm in evaluate.real_sensor_scenes(str(readers.resolve_data_dir(data_dir)), scale):
     h, w = hr.shape
-    th, tw = -(-h // scale), -(-w // scale)
-    bic = resize.upsample_bicubic(resize.resize(lr, th / lr.shape[0], tw / lr.shape[1], 'bicubic'), scale)[:h, :w]
-    rmse = lambda p: float(np.sqrt(np.mean((p[valid] - hr[valid]) ** 2)) / 10.0)
+    bic = resize.upsample_bicubic(lr, scale)[:h, :w] * norm
+    rmse = lambda p: evaluate.rmse_cm(p, hr, valid)  # pylint: disable=cell-var-from-loop
     shifts = {(dy, dx): rmse(np.roll(bic, (dy, dx), axis=(0, 1)))
               for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)}
     best = min(shifts, key=shifts.get)
-    out[rec.name] = {'bicubic_rmse_cm': rmse(bic), 'best_shift': list(best), 'shifted_rmse_cm': shifts[best],
-                     **{f'blur{sg}_rmse_cm': rmse(ndimage.gaussian_filter(bic, sg)) for sg in (1, 2, 4)}}
+    out[name] = {'bicubic_rmse_cm': rmse(bic), 'best_shift': list(best), 'shifted_rmse_cm': shifts[best],
+                 **{f'blur{sg}_rmse_cm': rmse(ndimage.gaussian_filter(bic, sg)) for sg in (1, 2, 4)}}
   return {'scale': scale, 'per_scene': out}
 
 
