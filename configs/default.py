@@ -9,7 +9,9 @@ import ml_collections
 def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
-  c.seed = 0  # Seeds parameter init, per-step randomness (fold_in(step)) and the grain pipeline.
+  # Seeds parameter init, the training pipeline (shuffle, crops, flips, the LR's degradation and noise) and the
+  # noise of the protocol's LR in evaluation (named eval degradations use degradation.EVAL_SEED).
+  c.seed = 0
   c.mode = 'train'  # 'train' or 'eval' (eval restores DSRNet from eval.checkpoint_dir).
   # XLA:CPU convolution library for our compiled programs: 'eigen' (faster here, see BENCHMARKS.md) or
   # 'ynnpack' (XLA's default). Ignored on GPU/TPU.

@@ -3,11 +3,14 @@
 Overrides use dotted names like the command line's `--config.train.num_steps=5`; an unknown name or a value
 of the wrong type raises ConfigError naming it, as `--config.*` typos do.
 """
+import fnmatch
 import importlib.util
+import math
 import os
 
 import ml_collections
 
+from dsr_jax.configs import default
 from dsr_jax.errors import ConfigError
 
 
@@ -61,8 +64,6 @@ def load_config(path: str, arg=None, **overrides) -> ml_collections.ConfigDict:
 MAX_OVERLAP = 256
 # Every integer field must fit JAX's default int32 (seeds, step counts and schedules become int32 arrays).
 INT32_MAX = 2 ** 31 - 1
-# A procedural scene is made whole in memory (RGB + depth in float32: 16 bytes a pixel, 1 GiB at this side).
-MAX_SYNTHETIC_SIDE = 8192
 
 # Numeric fields and their ranges: (dotted name or '*' pattern, kind, low, high, low open?[, high open?]).
 # Checked before a run writes anything; a NaN learning rate would otherwise train to a NaN loss and a
@@ -83,13 +84,11 @@ _RANGES = (
     ('loss.affinity_tau', float, 0.0, None, True),
     ('loss.affinity_pool', int, 1, None, False),
     ('train.num_steps', int, 1, None, False),
-    ('train.stage1_steps', int, 0, None, False),
     ('train.round_steps', int, 1, None, False),
     ('train.batch_size', int, 1, None, False),
     ('train.log_every', int, 1, None, False),
     ('train.image_every', int, 1, None, False),
     ('train.time_budget', float, 0.0, None, False),
-    ('data.crop', int, 1, None, False),
     ('data.noise_sigma', float, 0.0, None, False),
     ('data.workers', int, 0, None, False),
     ('data.prefetch', int, 0, None, False),
@@ -106,8 +105,6 @@ _RANGES = (
     ('model.feat', int, 1, None, False),
     ('model.stages', int, 1, None, False),
     ('model.de_blocks', int, 1, None, False),
-    ('data.synthetic.num_train', int, 1, None, False),
-    ('data.synthetic.num_val', int, 1, None, False),
     ('ckpt.every_steps', int, 1, None, False),
     ('ckpt.keep', int, 1, None, False),
 )
@@ -125,8 +122,6 @@ def _leaves(node, prefix=''):
 def check_numbers(config) -> None:
   """Every field of the type configs/default.py gives it, every float finite, every integer within int32,
   and the fields of _RANGES inside their ranges; ConfigError names the field."""
-  import fnmatch  # pylint: disable=g-import-not-at-top
-  import math  # pylint: disable=g-import-not-at-top
   leaves = dict(_leaves(config))
   _check_types(leaves)
   for name, v in leaves.items():
@@ -150,7 +145,6 @@ def check_numbers(config) -> None:
 def _check_types(leaves: dict) -> None:
   """Each field of configs/default.py holds what its default holds: a config file can assign anything (an
   override cannot: ml_collections checks those), and a string where a bool belongs is always true."""
-  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
   for name, ref in _leaves(default.get_config()):
     if name not in leaves or ref is None:
       continue
@@ -176,121 +170,13 @@ def _check_types(leaves: dict) -> None:
 MODES = ('train', 'eval')
 
 
-def validate(config, mode: str | None = None) -> None:
-  """Every check of a config's fields, before a run reads data or writes anything (main, train_and_evaluate
-  and evaluate.run call it; Colab and the study call the latter two directly). ConfigError names the field.
+def check_fields(config) -> None:
+  """Each field's type, finiteness and range (every mode's), and the mode; ConfigError names the field.
 
-  `mode` (default config.mode) picks the mode's checks. Checks that need the data, a checkpoint or the
-  devices (an image smaller than the crop, a checkpoint's scale, the batch over the device count) stay where
-  those are read: this one never starts a jax backend, so main can still set XLA flags after it.
+  What a field means to one mode is checked by that mode: `train.check_config` (with roles, models and optim)
+  and `eval_config.check`; the data fields by the pipeline where it builds its datasets. None of them starts a
+  jax backend, so main can still set XLA's flags after them.
   """
   check_numbers(config)
-  mode = config.mode if mode is None else mode
-  if mode not in MODES:
-    raise ConfigError(f"mode={mode!r}: expected 'train' or 'eval'")
-  (_validate_train if mode == 'train' else _validate_eval)(config)
-
-
-def _validate_train(config) -> None:
-  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
-  from dsr_jax import roles  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  cross_task = bool(config.model.use_denet)
-  roles.validate(config, cross_task)
-  models_lib.check(config.model)  # not build: resolving model.dtype='auto' would start the jax backend
-  from dsr_jax import optim  # pylint: disable=g-import-not-at-top
-  for net in config.optim:
-    optim.schedule(config.optim[net], config.train.num_steps)  # its ConfigError names a bad schedule
-  size = config.data.synthetic.size
-  if config.data.name == 'synthetic_rgbd' and not all(config.data.crop <= n <= MAX_SYNTHETIC_SIDE for n in size):
-    raise ConfigError(f'data.synthetic.size={tuple(size)!r}: expected sides from data.crop={config.data.crop} '
-                      f'to {MAX_SYNTHETIC_SIDE} (a scene is made whole in memory, 16 bytes a pixel)')
-  scale, crop = config.model.scale, config.data.crop
-  if crop % scale:
-    raise ConfigError(f'data.crop: expected a positive multiple of model.scale={scale}, got {crop!r}')
-  degradation.check_config(config.data)
-  if config.data.lr_on_device and (config.data.noise_sigma > 0 or config.data.degrade == 'random'):
-    raise ConfigError('data.noise_sigma > 0 and data.degrade=\'random\' need data.lr_on_device=False (they '
-                      'are made on the host)')
-  if cross_task:
-    _check_one_convention(config.data.name)
-
-
-def _check_one_convention(name: str) -> None:
-  # docs/method.md, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
-  # one training mix would ask it for two contradictory mappings.
-  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
-  try:
-    mix = readers.parse_mix(name)
-  except Exception:  # pylint: disable=broad-except
-    return  # the data pipeline reports a malformed name with its own message
-  found = {}
-  for n, _ in mix:
-    if n in readers.DATASETS:
-      found.setdefault(readers.DATASETS[n].convention, []).append(n)
-  if len(found) > 1:
-    kinds = '; '.join(f'{k}: {", ".join(v)}' for k, v in sorted(found.items()))
-    raise ConfigError(f'data.name={name!r}: cross-task training would teach DENet two depth conventions '
-                      f'({kinds}); expected datasets of one convention (or model.use_denet=False)')
-
-
-def _validate_eval(config) -> None:
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
-  dataset = str(config.eval.dataset or config.data.name)
-  if dataset not in evaluate.PROTOCOLS:
-    field = 'eval.dataset' if config.eval.dataset else 'data.name'
-    raise ConfigError(f'{field}={dataset!r}: eval needs one dataset of {", ".join(sorted(evaluate.PROTOCOLS))}')
-  baseline = config.eval.baseline
-  if baseline not in evaluate.BASELINES:
-    raise ConfigError(f'eval.baseline={baseline!r}: expected one of '
-                      f'{", ".join(map(repr, evaluate.BASELINES))}')
-  models_lib.check_name(config.model.name)  # eval builds the checkpoint's network; a typo here still says so
-  want = config.model.scale
-  if isinstance(want, bool) or not isinstance(want, int) or (want and want not in evaluate.PAPER_SCALES):
-    raise ConfigError(f'model.scale={want!r}: expected 0 (the checkpoint\'s) or one of 2, 4, 8, 16')
-  if baseline == 'bicubic' and not want:
-    raise ConfigError('model.scale=0: the bicubic baseline has no checkpoint to take the scale from; '
-                      'set --config.model.scale to 2, 4, 8 or 16')
-  if baseline != 'bicubic' and not config.eval.checkpoint_dir:
-    raise ConfigError('eval.checkpoint_dir is empty: expected a training workdir, its checkpoints/ '
-                      'directory or one step directory (or --config.eval.baseline=bicubic)')
-  evaluate.check_tiling(config.eval.tile, config.eval.overlap)
-  from dsr_jax.input_pipeline import degradation  # pylint: disable=g-import-not-at-top
-  if config.eval.degradation not in degradation.EVAL_CHOICES:
-    raise ConfigError(f'eval.degradation={config.eval.degradation!r}: expected one of '
-                      f'{", ".join(degradation.EVAL_CHOICES)}')
-  degradation.check_config(config.data)
-
-
-# Model fields added after checkpoints were first saved, with the value that rebuilds the network such a
-# checkpoint was trained as (not today's default where the two differ: side heads had no residual before
-# rule 1 of docs/method.md). A saved config is upgraded once, on load (restore.read_config), so code reads
-# every field directly.
-_ADDED_MODEL_FIELDS = {
-    'residual': True,
-    'bp_impl': 'polyphase',
-    'dtype': 'float32',
-    'use_denet': True,
-    'use_spnet': True,
-    'side_residual': False,
-    'teacher_input': 'rgb',
-    'teacher_residual': True,
-}
-
-
-def upgrade(raw: dict) -> ml_collections.ConfigDict:
-  """A training config saved by any earlier version, with every field today's code reads.
-
-  Missing model fields get the value the old code implied (_ADDED_MODEL_FIELDS); any other missing field
-  gets today's default (configs/default.py). Fields the saved config has are kept as saved.
-  """
-  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
-  merged = default.get_config().to_dict()
-
-  def overlay(base: dict, top: dict) -> dict:
-    for k, v in top.items():
-      base[k] = overlay(dict(base[k]), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return base
-  overlay(merged['model'], _ADDED_MODEL_FIELDS)
-  return ml_collections.ConfigDict(overlay(merged, raw))
+  if config.mode not in MODES:
+    raise ConfigError(f"mode={config.mode!r}: expected 'train' or 'eval'")

@@ -19,6 +19,13 @@ class ConfigError(UserError):
   """A config field out of range: names the field and the allowed values."""
 
 
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (a full disk, a directory turned read-only); the message says where.
+
+  main exits at once on it: Orbax's writer threads that met the failure would hold the interpreter's exit.
+  """
+
+
 def one_line(e: BaseException, limit: int = 200) -> str:
   """'Type: message' with whitespace collapsed and the message cut to `limit` characters."""
   text = ' '.join(str(e).split())
@@ -52,8 +59,8 @@ def check_backend() -> None:
   Orbax or the training loop, `JAX_PLATFORMS=cuda` on a machine without CUDA surfaces as a double traceback
   or, caught by a checkpoint read, as a damaged checkpoint.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  (this module is imported by every CLI's argument parsing)
+  from jax.extend import backend  # pylint: disable=g-import-not-at-top
   try:
     jax.devices()
     return
@@ -61,9 +68,9 @@ def check_backend() -> None:
     error = e
   wanted = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')
   try:  # What starts when JAX picks for itself: the platforms this machine does offer.
-    xla_bridge._clear_backends()  # pylint: disable=protected-access
+    backend.clear_backends()
     jax.config.update('jax_platforms', None)
-    offered = ', '.join(sorted(xla_bridge.backends()))
+    offered = ', '.join(sorted(backend.backends()))
   except Exception:  # pylint: disable=broad-except
     offered = 'none that JAX can start'
   reason = one_line(error, 120)

@@ -5,7 +5,7 @@ SIGINT (Ctrl-C, a notebook's interrupt button) into a request that the training 
 in flight: it saves that step and returns, so nothing is lost and the same command resumes. Under
 jax.distributed every process must stop at the same step, which a signal seen by one host cannot arrange:
 there JAX's preemption service (started by jax.distributed.initialize, and holding SIGTERM itself) agrees
-on the step, and `reached_preemption_sync_point` is asked after every step.
+on the step, and the public `multihost_utils.reached_preemption_sync_point` is asked after every step.
 
 The same request carries `train.time_budget`: a wall-clock limit for the whole run, counted from the
 process's start (`process_start`), checked at log steps (where the loop syncs with the device anyway and
@@ -25,6 +25,8 @@ import threading
 import time
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from dsr_jax.errors import UserError
 
@@ -77,8 +79,6 @@ class StopRequest:
       return self._over
     over = self.elapsed() + max(work_left_s, 0.0) > self.budget_s
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      import numpy as np  # pylint: disable=g-import-not-at-top
       over = bool(multihost_utils.broadcast_one_to_all(np.asarray(over, np.int32)))
     if over:
       self._over = True
@@ -91,10 +91,9 @@ class StopRequest:
     return self.signal_name == BUDGET
 
   def __enter__(self):
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    state = distributed.global_state
-    self._distributed = state.client is not None and state.preemption_sync_manager is not None
-    # Under jax.distributed the preemption service owns SIGTERM; a Python handler would replace its own.
+    # Several processes (jax.distributed) with JAX's preemption service on: the service owns SIGTERM, and a
+    # Python handler would replace its own.
+    self._distributed = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
     wanted = (signal.SIGINT,) if self._distributed else (signal.SIGTERM, signal.SIGINT)
     self._signals, self._wakeup = 0, None
     if threading.current_thread() is threading.main_thread():  # signal.signal works only there
@@ -146,7 +145,6 @@ class StopRequest:
     if self._over:
       return True
     if self._distributed:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       if multihost_utils.reached_preemption_sync_point(step):
         self.signal_name = self.signal_name or 'preemption notice'
         return True

@@ -3,7 +3,6 @@
 Kept short on purpose (as the flax examples do) so the logic stays importable from tests and Colab.
 A mistake in the user's config, data or files prints one line and exits with status 2.
 """
-import logging as py_logging
 import os
 import re
 import sys
@@ -15,7 +14,19 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # silences TF's start-up no
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+from absl.logging import converter  # noqa: E402
+import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from dsr_jax import config_lib  # noqa: E402
+from dsr_jax import eval_config  # noqa: E402
+from dsr_jax import lifecycle  # noqa: E402
+from dsr_jax import paths  # noqa: E402
+from dsr_jax import xla_options  # noqa: E402
+from dsr_jax.errors import CheckpointWriteError  # noqa: E402
+from dsr_jax.errors import UserError  # noqa: E402
+from dsr_jax.errors import check_backend  # noqa: E402
+from dsr_jax.errors import one_line  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
@@ -23,24 +34,20 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.', 
 
 
 def run(config, workdir: str) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from dsr_jax.errors import check_backend  # pylint: disable=g-import-not-at-top
-  from dsr_jax.errors import one_line  # pylint: disable=g-import-not-at-top
   try:
-    from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
-    from dsr_jax import paths  # pylint: disable=g-import-not-at-top
-    from dsr_jax import xla_options  # pylint: disable=g-import-not-at-top
     # Before any work: a NaN learning rate or an unwritable workdir would otherwise show only at the end.
-    config_lib.validate(config)
+    if config.mode == 'train':
+      # One mode's modules only: train's pull in Orbax and grain, seconds of imports.
+      from dsr_jax import train  # pylint: disable=g-import-not-at-top
+      train.check_config(config)
+    else:
+      eval_config.check(config)  # a mode other than 'train' or 'eval' is refused there (config_lib)
     paths.check_dir_target(workdir, '--workdir', writable=True)
     xla_options.set_cpu_convolutions(config.cpu_convolutions)
     if config.train.distributed:
       jax.distributed.initialize()
     check_backend()
     if config.mode == 'train':
-      from dsr_jax import lifecycle  # pylint: disable=g-import-not-at-top
-      from dsr_jax import train  # pylint: disable=g-import-not-at-top
       summary = train.train_and_evaluate(config, workdir, started=lifecycle.process_start())
       if summary.get('stopped_on_budget'):
         if jax.process_index() == 0:
@@ -61,16 +68,14 @@ def run(config, workdir: str) -> int:
           print(f'TensorBoard logs: {summary["workdir"]}  (tensorboard --logdir {summary["workdir"]})')
         print(f'checkpoints: {summary["checkpoints"]}  (best by validation MAD: {summary["best_checkpoint"]})')
       return 0
-    if config.mode == 'eval':
-      from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
-      result = evaluate.run(config, workdir)
-      if jax.process_index() == 0:
-        print(evaluate.summary(result))
-      return 0
-    raise UserError(f"mode={config.mode!r}: expected 'train' or 'eval'")
+    from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top  (as train above)
+    result = evaluate.run(config, workdir)
+    if jax.process_index() == 0:
+      print(reports.summary(result))
+    return 0
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
-    if type(e).__name__ == 'CheckpointWriteError':
+    if isinstance(e, CheckpointWriteError):
       # orbax's writer threads that met the failure wait minutes for signals that never come; the run's
       # state is on disk (or knowingly not), so do not wait for them at exit.
       sys.stdout.flush()
@@ -106,12 +111,12 @@ def main(argv):
 
 
 def _quiet_filter(record) -> bool:
-  if record.levelno >= py_logging.CRITICAL:
+  if record.levelno >= converter.STANDARD_CRITICAL:
     return True
   parts = record.pathname.replace('\\', '/').split('/')
   # checkpointing's warnings about an unreadable step are the log's copy of the one `warning:` line it
   # prints for the console (the line the README documents); shown again here they would be two more.
-  ours = parts[-2:] == ['dsr_jax', 'checkpointing.py'] and record.levelno < py_logging.ERROR
+  ours = parts[-2:] == ['dsr_jax', 'checkpointing.py'] and record.levelno < converter.STANDARD_ERROR
   return 'orbax' not in parts and not ours
 
 
@@ -144,7 +149,6 @@ def _flag_error_text(e: BaseException) -> str:
 
 
 def _resolve_config_names(argv):
-  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
   out, i = list(argv), 1
   while i < len(out):
     if out[i] == '--config' and i + 1 < len(out):

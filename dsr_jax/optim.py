@@ -6,9 +6,11 @@ extra argument to `update`: a frozen network receives zero updates and its Adam 
 bit-identical (only the wrapper's own call counter advances). Zero gradients would not do: Adam's
 momentum keeps moving a parameter after its gradient stops.
 """
+import jax
 import optax
 
-NETS = ('dsr', 'denet', 'spnet')
+from dsr_jax.errors import ConfigError
+from dsr_jax.state import NETS
 
 
 def schedule(cfg, num_steps: int):
@@ -18,7 +20,6 @@ def schedule(cfg, num_steps: int):
   """
   warm = max(int(min(cfg.warmup_steps, max(num_steps - 1, 0))), 0)
   if cfg.schedule not in ('cosine', 'constant'):
-    from dsr_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError(f"optim.*.schedule={cfg.schedule!r}: expected 'cosine' or 'constant'")
   if cfg.schedule == 'constant':
     after = optax.constant_schedule(cfg.lr)
@@ -58,7 +59,7 @@ def update_counts(opt_state, nets=NETS) -> dict:
   """Each net's own update count as its Adam schedule holds it (frozen rounds do not advance it).
 
   Reads optax's internal state by name: only for checkpoints saved before TrainState.updates kept the
-  counts (state.upgrade_role), and for tests that check the two agree.
+  counts (upgrade_role), and for tests that check the two agree.
   """
   out = {}
   for k in nets:
@@ -66,3 +67,12 @@ def update_counts(opt_state, nets=NETS) -> dict:
              if getattr(path[-1], 'tuple_name', '') == 'ScaleByScheduleState']
     out[k] = found[0]
   return out
+
+
+def upgrade_role(role: dict, opt_state, nets) -> dict:
+  """A checkpoint's role item with every key of state.ROLE_KEYS: one saved before `updates` existed gets the
+  counts its Adam states hold (the only read of optax's internal state, once, on such a resume)."""
+  if 'updates' in role:
+    return role
+  counts = jax.device_get(update_counts(opt_state, nets))
+  return dict(role, updates=[int(counts[k]) if k in counts else 0 for k in NETS])

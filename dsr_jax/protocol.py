@@ -1,5 +1,11 @@
-"""How a dataset is scored (each DatasetSpec in input_pipeline/readers.py holds one; dsr_jax/evaluate.py applies it)."""
+"""How a dataset is scored (each DatasetSpec in input_pipeline/readers.py holds one, readers.PROTOCOLS maps the
+names; dsr_jax/evaluate.py applies it), and what else eval mode scores against."""
 import dataclasses
+
+from dsr_jax import resize
+
+BASELINES = ('', 'bicubic')  # eval.baseline: '' = the checkpoint's network
+PAPER_SCALES = resize.SCALES  # the scales of the paper's tables (eval's model.scale, 0 = the checkpoint's)
 
 
 @dataclasses.dataclass(frozen=True)

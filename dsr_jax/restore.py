@@ -26,6 +26,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from dsr_jax import checkpointing
+from dsr_jax.configs import default
 from dsr_jax.errors import UserError
 from dsr_jax.errors import one_line
 
@@ -158,8 +159,39 @@ def read_config(checkpoint_dir: str, step: int) -> ml_collections.ConfigDict:
   if not isinstance(raw, dict) or not isinstance(raw.get('model'), dict):
     raise UserError(f'checkpoint {step_dir}: the config item has no model section (expected the training '
                     'config saved as JSON)')
-  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.upgrade(raw)
+  return upgrade_config(raw)
+
+
+# Model fields added after checkpoints were first saved, with the value that rebuilds the network such a
+# checkpoint was trained as (not today's default where the two differ: side heads had no residual before
+# rule 1 of docs/method.md). A saved config is upgraded once, on load (read_config), so code reads every
+# field directly.
+_ADDED_MODEL_FIELDS = {
+    'residual': True,
+    'bp_impl': 'polyphase',
+    'dtype': 'float32',
+    'use_denet': True,
+    'use_spnet': True,
+    'side_residual': False,
+    'teacher_input': 'rgb',
+    'teacher_residual': True,
+}
+
+
+def upgrade_config(raw: dict) -> ml_collections.ConfigDict:
+  """A training config saved by any earlier version, with every field today's code reads.
+
+  Missing model fields get the value the old code implied (_ADDED_MODEL_FIELDS); any other missing field
+  gets today's default (configs/default.py). Fields the saved config has are kept as saved.
+  """
+  merged = default.get_config().to_dict()
+
+  def overlay(base: dict, top: dict) -> dict:
+    for k, v in top.items():
+      base[k] = overlay(dict(base[k]), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+  overlay(merged['model'], _ADDED_MODEL_FIELDS)
+  return ml_collections.ConfigDict(overlay(merged, raw))
 
 
 def _single_device_sharding():

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NETS = ('dsr', 'denet', 'spnet')  # the order of TrainState.updates (optim.NETS)
+NETS = ('dsr', 'denet', 'spnet')  # every network's name, in the order of TrainState.updates
 
 
 @flax.struct.dataclass
@@ -20,14 +20,14 @@ class TrainState:
   prev_err: jax.Array  # f32[2]: the previous round's mean errors, which picked the teacher.
   bad_step: jax.Array  # int32: first step with a non-finite loss term (-1: none yet).
   bad_term: jax.Array  # int32: index into steps.TERMS of that term.
-  # int32[3]: updates each network has received, in optim.NETS order (a frozen net's count stands still). Its
+  # int32[3]: updates each network has received, in NETS order (a frozen net's count stands still). Its
   # schedule runs on this count; kept here so the step can report its rates without reading optax's state.
   updates: jax.Array
 
 
 def init_params(models, key, scale: int, size: int = 16):
   """Initial parameters of every network (side heads included) from one key."""
-  keys = dict(zip(('dsr', 'denet', 'spnet'), jax.random.split(key, 3)))
+  keys = dict(zip(NETS, jax.random.split(key, 3)))
   return {name: net.init(keys[name], *net.dummy_inputs(size, scale), train=True)['params']
           for name, net in models.nets().items()}
 
@@ -48,13 +48,3 @@ def role_state(state: TrainState) -> dict:
 
 
 ROLE_KEYS = ('step', 'err_sum', 'err_count', 'teacher', 'prev_err', 'bad_step', 'bad_term', 'updates')
-
-
-def upgrade_role(role: dict, opt_state, nets) -> dict:
-  """A checkpoint's role item with every key of ROLE_KEYS: one saved before `updates` existed gets the counts
-  its Adam states hold (the only read of optax's internal state, once, on such a resume)."""
-  if 'updates' in role:
-    return role
-  from dsr_jax import optim  # pylint: disable=g-import-not-at-top
-  counts = jax.device_get(optim.update_counts(opt_state, nets))
-  return dict(role, updates=[int(counts[k]) if k in counts else 0 for k in NETS])

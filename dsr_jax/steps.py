@@ -76,13 +76,12 @@ def forward(params, batch, *, models):
   return outs
 
 
-def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, scale: int, parts: bool = False):
+def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, parts: bool = False):
   """Returns (total, logged terms), or with parts=True (total, logged terms, {term: weight * value}).
 
   total = sum of the phase's terms, weight * value, in the phase's order. A network that does not train in
   this phase enters as a constant (stop_gradient of its parameters: no backward pass is built for it).
   """
-  del scale
   tr = phase.train
   params = {k: p if tr.get(k, False) else jax.lax.stop_gradient(p) for k, p in params.items()}
   hr, v = batch['hr_depth'], batch['valid']
@@ -124,7 +123,7 @@ def term_grad_norms(params, batch, *, models, phase: roles.Phase, loss_cfg, scal
   batch = with_lr(batch, scale, lr_method)
   # One forward pass, one pullback per term.
   weighted, pullback = jax.vjp(lambda p: loss_fn(p, batch, models=models, phase=phase, loss_cfg=loss_cfg,
-                                                 scale=scale, parts=True)[2], params)
+                                                 parts=True)[2], params)
   out = {}
   for name in weighted:
     cotangent = {k: jnp.ones_like(v) if k == name else jnp.zeros_like(v) for k, v in weighted.items()}
@@ -137,7 +136,7 @@ def train_step(state: TrainState, batch, *, models, tx, phase: roles.Phase, loss
                lr_method: str = '') -> tuple[TrainState, dict[str, Any]]:
   batch = with_lr(batch, scale, lr_method)
   (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch, models=models, phase=phase, loss_cfg=loss_cfg, scale=scale)
+      state.params, batch, models=models, phase=phase, loss_cfg=loss_cfg)
   trainable = {k: phase.train[k] for k in state.params}
   updates, opt_state = tx.update(grads, state.opt_state, state.params, trainable=trainable)
   counted = jnp.asarray([bool(trainable.get(k)) for k in state_lib.NETS], jnp.int32)  # static per phase

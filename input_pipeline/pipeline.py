@@ -29,6 +29,8 @@ import numpy as np
 
 from dsr_jax.errors import ConfigError, DataError
 from dsr_jax.input_pipeline import degradation
+from dsr_jax.input_pipeline import readers
+from dsr_jax.input_pipeline import sources
 from dsr_jax.input_pipeline import transforms
 
 SCALES = degradation.SCALES
@@ -42,18 +44,47 @@ def check_scale(config) -> int:
   return int(scale)
 
 
-def _check_train_config(config, process_count):
+def check_config(config) -> int:
+  """What every dataset of this module reads: model.scale and the LR's fields (data.degrade, data.random.*,
+  data.noise_sigma with them, data.val_degradations). Returns the scale. (config_lib checks every field's type
+  and range; the data fields' meaning is checked here, where the datasets are built.)"""
   scale = check_scale(config)
-  bs = config.train.batch_size
-  if bs <= 0 or bs % process_count:
-    raise ConfigError(f'train.batch_size: expected a positive multiple of the process count '
-                      f'{process_count}, got {bs}')
-  if config.data.workers < 0:
-    raise ConfigError(f'data.workers: expected >= 0, got {config.data.workers}')
-  if config.data.noise_sigma < 0:
-    raise ConfigError(f'data.noise_sigma: expected >= 0, got {config.data.noise_sigma}')
   degradation.check_config(config.data)
   return scale
+
+
+def check_train_config(config, process_count: int = 1) -> int:
+  """check_config's fields and the training set's: data.crop, data.lr_on_device, train.batch_size over the
+  processes, and one depth convention in data.name for cross-task training. Returns the scale."""
+  scale = check_config(config)
+  d = config.data
+  if isinstance(d.crop, bool) or not isinstance(d.crop, int) or d.crop <= 0 or d.crop % scale:
+    raise ConfigError(f'data.crop: expected a positive multiple of model.scale={scale}, got {d.crop!r}')
+  bs = config.train.batch_size
+  if bs % process_count:
+    raise ConfigError(f'train.batch_size: expected a multiple of the process count {process_count}, got {bs}')
+  if d.lr_on_device and (d.noise_sigma > 0 or d.degrade == 'random'):
+    raise ConfigError('data.noise_sigma > 0 and data.degrade=\'random\' need data.lr_on_device=False (they '
+                      'are made on the host)')
+  if config.model.use_denet:
+    _check_one_convention(d.name)
+  return scale
+
+
+def _check_one_convention(name: str) -> None:
+  # docs/method.md, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
+  # one training mix would ask it for two contradictory mappings.
+  try:
+    mix = readers.parse_mix(name)
+  except DataError:
+    return  # the source reports a malformed name with its own message
+  found = {}
+  for n, _ in mix:
+    found.setdefault(readers.DATASETS[n].convention, []).append(n)
+  if len(found) > 1:
+    kinds = '; '.join(f'{k}: {", ".join(v)}' for k, v in sorted(found.items()))
+    raise ConfigError(f'data.name={name!r}: cross-task training would teach DENet two depth conventions '
+                      f'({kinds}); expected datasets of one convention (or model.use_denet=False)')
 
 
 class SkipAllInvalid(grain.MapDataset):
@@ -191,11 +222,6 @@ def _read_options():
   return grain.ReadOptions(num_threads=min(max(n, 2), 8), prefetch_buffer_size=min(max(n, 2), 8) * 2)
 
 
-def _get_source(data_config, split):
-  from dsr_jax.input_pipeline import sources  # pylint: disable=g-import-not-at-top  (written in parallel; lazy)
-  return sources.get_source(data_config, split)
-
-
 def train_dataset(config, source=None, *, process_index=None, process_count=None) -> grain.IterDataset:
   """Infinite iterator dataset of per-process training batches.
 
@@ -217,9 +243,9 @@ def train_dataset(config, source=None, *, process_index=None, process_count=None
   if not 0 <= process_index < process_count:
     raise ConfigError(f'process_index {process_index} out of range for process_count {process_count}')
   d = config.data
-  scale = _check_train_config(config, process_count)
+  scale = check_train_config(config, process_count)
   if source is None:
-    source = _get_source(d, 'train')
+    source = sources.get_source(d, 'train')
   if len(source) == 0:
     raise DataError(f'data.name={d.name!r}: the train split has no examples')
 
@@ -227,7 +253,7 @@ def train_dataset(config, source=None, *, process_index=None, process_count=None
   ds = ds.seed(config.seed)
   ds = EpochShuffle(ds, seed=_derived_seed(config.seed, 'shuffle')).repeat()
   ds = ds.random_map(transforms.PairedRandomCrop(
-      d.crop, scale, min_valid=float(d.min_valid), max_tries=int(d.crop_tries),
+      d.crop, min_valid=float(d.min_valid), max_tries=int(d.crop_tries),
       min_edge=float(d.min_edge), edge_step=float(d.edge_step)))
   if d.augment:
     ds = ds.random_map(transforms.PairedFlipRotate())
@@ -367,12 +393,9 @@ def eval_dataset(config, split: str = 'validation', source=None,
     (H, W); B = data.eval_batch. Every image appears exactly once.
   """
   d = config.data
-  scale = check_scale(config)
-  if d.eval_batch < 1:
-    raise ConfigError(f'data.eval_batch: expected >= 1, got {d.eval_batch}')
-  degradation.check_config(d)
+  scale = check_config(config)
   if source is None:
-    source = _get_source(d, split)
+    source = sources.get_source(d, split)
   if len(source) == 0:
     raise DataError(f'data.name={d.name!r}: split {split!r} has no examples')
   if tuple(degradations) not in ((), (degradation.PROTOCOL,)):

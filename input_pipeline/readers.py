@@ -30,19 +30,17 @@ Norm constants: 255 for the 0-255 disparity sets; 4000 mm for rgbdd (largest val
 3830 mm); 10 m for nyu_v2 (the Kinect range cap used by the NYU literature); 1 for synthetic_rgbd.
 """
 import dataclasses
-import logging
 import os
 import pathlib
 import re
 from typing import Callable, Iterable, Iterator
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
 from dsr_jax.errors import DataError
 from dsr_jax.protocol import Protocol
-
-log = logging.getLogger(__name__)
 
 ENV_DATA_DIR = 'DSR_DATA_DIR'
 SYNTHETIC = 'synthetic_rgbd'
@@ -128,6 +126,8 @@ DATASETS[SYNTHETIC] = DatasetSpec(
     description='Procedural scenes (input_pipeline/synthetic.py) at fixed counts and size.')
 
 KNOWN_DATASETS = tuple(sorted(DATASETS))
+# How eval mode and validation score each dataset (eval.dataset, or data.name).
+PROTOCOLS = {name: spec.protocol for name, spec in DATASETS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,7 +431,7 @@ def iter_examples(records: Iterable[Record]) -> Iterator[dict]:
     kept += 1
     yield example
   if skipped and kept:  # none kept: the caller's error says so, and must be the only line
-    log.warning('skipped %d depth map(s) with no valid pixel: %s', len(skipped), ', '.join(skipped))
+    logging.warning('skipped %d depth map(s) with no valid pixel: %s', len(skipped), ', '.join(skipped))
 
 
 def load_split(data_dir: str | os.PathLike, name: str, split: str) -> list[dict]:

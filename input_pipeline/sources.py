@@ -18,7 +18,10 @@ import numpy as np
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import DataError
 from dsr_jax.input_pipeline import readers
+from dsr_jax.input_pipeline import synthetic
 
+# A procedural scene is made whole in memory (RGB + depth in float32: 16 bytes a pixel, 1 GiB at this side).
+MAX_SYNTHETIC_SIDE = 8192
 # Offsets of the procedural seeds: train and validation scenes never share a seed.
 SYNTHETIC_TRAIN_SEED_OFFSET = 0
 SYNTHETIC_VAL_SEED_OFFSET = 1_000_000
@@ -120,8 +123,6 @@ class ConcatSource:
 
 
 def _synthetic_source(data_config, split: str):
-  # Imported here so that readers-only users never pay for (or depend on) the procedural generator.
-  from dsr_jax.input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   cfg = data_config.synthetic
   size = cfg.size
   positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
@@ -131,6 +132,9 @@ def _synthetic_source(data_config, split: str):
     height, width = size
   else:
     raise ConfigError(f'data.synthetic.size={size!r}: expected a positive int or (height, width)')
+  if max(height, width) > MAX_SYNTHETIC_SIDE:
+    raise ConfigError(f'data.synthetic.size={size!r}: expected sides up to {MAX_SYNTHETIC_SIDE} (a scene is made '
+                      'whole in memory, 16 bytes a pixel)')
   if split not in ('train', 'validation', 'test'):
     raise DataError(f"dataset 'synthetic_rgbd' has no split {split!r} (splits: train, validation, test)")
   field = 'num_train' if split == 'train' else 'num_val'
@@ -142,7 +146,7 @@ def _synthetic_source(data_config, split: str):
 
 
 def _tfds_source(name: str, split: str, tfds_dir: str) -> TfdsSource:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TensorFlow: only for TFDS builds)
   info = readers.dataset_info(name)
   if split not in info.splits:
     raise DataError(f"dataset {name!r} has no split {split!r} (splits: {', '.join(info.splits)})")

@@ -17,7 +17,7 @@ import dataclasses
 
 import grain
 import numpy as np
-from dsr_jax.errors import ConfigError, DataError
+from dsr_jax.errors import DataError
 from dsr_jax.input_pipeline import degradation
 
 
@@ -74,8 +74,7 @@ class PairedRandomCrop(grain.transforms.RandomMap):
   if none passes, the draw with the most valid pixels (then the most edges) wins.
 
   Attributes:
-    size: crop side in HR pixels (data.crop).
-    scale: model.scale; `size` must be a multiple of it so the LR crop has an integer size.
+    size: crop side in HR pixels (data.crop, a multiple of model.scale: pipeline.check_train_config).
     min_valid: minimal fraction of valid pixels in an accepted crop.
     max_tries: crop draws before giving up and keeping the best.
     min_edge: minimal fraction of edge pixels: valid pixels whose depth differs from a valid right or lower
@@ -83,16 +82,10 @@ class PairedRandomCrop(grain.transforms.RandomMap):
     edge_step: the jump, in normalised depth, that makes an edge.
   """
   size: int
-  scale: int = 1
   min_valid: float = 0.5
   max_tries: int = 10
   min_edge: float = 0.0
   edge_step: float = 0.01
-
-  def __post_init__(self):
-    if not isinstance(self.size, int) or self.size <= 0 or self.size % self.scale:
-      raise ConfigError(f'data.crop: expected a positive multiple of model.scale={self.scale}, '
-                        f'got {self.size!r}')
 
   def random_map(self, ex, rng: np.random.Generator):
     check_example(ex)

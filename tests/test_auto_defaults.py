@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from dsr_jax import config_lib
 from dsr_jax import models as models_lib
+from dsr_jax import restore
+from dsr_jax import train
 from dsr_jax.configs import default
 from dsr_jax.configs import test as test_config
 from dsr_jax.errors import ConfigError
@@ -39,7 +40,7 @@ def test_validation_names_the_choices(field, value):
   cfg = test_config.get_config()
   cfg.model[field] = value
   with pytest.raises(ConfigError, match=rf"model\.{field}=.*auto"):
-    config_lib.validate(cfg)
+    train.check_config(cfg)
 
 
 def test_old_saved_configs_keep_what_they_trained_with():
@@ -47,10 +48,10 @@ def test_old_saved_configs_keep_what_they_trained_with():
   # one saved with a resolved value keeps it.
   saved = json.loads(default.get_config().to_json_best_effort())
   del saved['model']['dtype'], saved['model']['bp_impl']
-  up = config_lib.upgrade(saved)
+  up = restore.upgrade_config(saved)
   assert (up.model.dtype, up.model.bp_impl) == ('float32', 'polyphase')
   saved['model'].update(dtype='bfloat16', bp_impl='reference')
-  up = config_lib.upgrade(saved)
+  up = restore.upgrade_config(saved)
   assert (up.model.dtype, up.model.bp_impl) == ('bfloat16', 'reference')
 
 

@@ -44,7 +44,7 @@ def test_time_budget_must_be_a_finite_non_negative_number(value):
   cfg = test_config.get_config()
   cfg.train.time_budget = value
   with pytest.raises(ConfigError, match='train.time_budget'):
-    config_lib.validate(cfg)
+    config_lib.check_fields(cfg)
 
 
 _SLOW_BATCHES = """

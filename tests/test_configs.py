@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from dsr_jax import config_lib
 from dsr_jax import models
 from dsr_jax import train
 from dsr_jax.config_lib import load_config
@@ -38,7 +37,7 @@ def test_config_loads_and_validates(path, arg):
     for part in dotted.split('.'):
       node = node[part]
   if c.mode == 'train':
-    config_lib.validate(c)  # the batch over the device count is the machine's, not the file's (cpu_real:x8 has 4)
+    train.check_config(c)  # the batch over the device count is the machine's, not the file's (cpu_real:x8 has 4)
     assert c.data.crop % c.model.scale == 0
     assert c.train.stage1_steps <= c.train.num_steps
     models.build(c.model)
@@ -108,7 +107,7 @@ def test_cross_task_needs_a_warm_up_stage():
 
 
 def test_a_saved_config_of_an_earlier_version_is_upgraded_once_on_load():
-  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import restore  # pylint: disable=g-import-not-at-top
   from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
   old = default.get_config().to_dict()
   for k in ('side_residual', 'teacher_input', 'teacher_residual', 'bp_impl'):
@@ -116,7 +115,7 @@ def test_a_saved_config_of_an_earlier_version_is_upgraded_once_on_load():
   del old['eval']['images']
   old['model']['scale'] = 8
   old['train']['retired_field'] = 3  # a field this version no longer has is kept, and ignored
-  up = config_lib.upgrade(old)
+  up = restore.upgrade_config(old)
   # The network such a checkpoint was trained as: side heads without the bicubic residual (pre-Revision 2).
   assert up.model.side_residual is False and up.model.teacher_input == 'rgb' and up.model.bp_impl == 'polyphase'
   assert default.get_config().model.side_residual is True  # not today's default

@@ -83,8 +83,7 @@ def _term_grads(cfg, models, params, phase, batch):
   out = {}
   for term in phase.terms:
     one = dataclasses.replace(phase, terms=(term,))
-    f = functools.partial(steps.loss_fn, batch=batch, models=models, phase=one, loss_cfg=cfg.loss,
-                          scale=cfg.model.scale)
+    f = functools.partial(steps.loss_fn, batch=batch, models=models, phase=one, loss_cfg=cfg.loss)
     out[_key(term)] = jax.grad(lambda p, f=f: f(p)[0])(params)
   return out
 
@@ -155,8 +154,7 @@ def test_rule1_side_supervision(side_weight):
   for net, term in (('dsr', 'dsr'), ('denet', 'de')):
     side = np.abs(np.asarray(g[term][net]['side_1']['Conv_1']['kernel'])).max()
     assert (side > 0) == bool(side_weight), (net, side_weight)
-  _, t = steps.loss_fn(params, b, models=models, phase=roles.make_phases(cfg)['stage1'], loss_cfg=cfg.loss,
-                       scale=cfg.model.scale)
+  _, t = steps.loss_fn(params, b, models=models, phase=roles.make_phases(cfg)['stage1'], loss_cfg=cfg.loss)
   if side_weight:
     np.testing.assert_allclose(float(t['dsr']), float(t['e_dsr'] + t['side_dsr']), rtol=1e-5)
   else:

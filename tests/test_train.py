@@ -150,7 +150,7 @@ def test_frozen_teacher_gets_no_backward_pass():
   cfg, models, tx, st = _setup()
   b = _batch(cfg)
   def n_convs(phase):
-    f = functools.partial(steps.loss_fn, models=models, phase=phase, loss_cfg=cfg.loss, scale=cfg.model.scale)
+    f = functools.partial(steps.loss_fn, models=models, phase=phase, loss_cfg=cfg.loss)
     jaxpr = jax.make_jaxpr(jax.grad(lambda p: f(p, b)[0]))(st.params)
     return str(jaxpr).count('conv_general_dilated')
   frozen_cfg = test_config.get_config()
@@ -304,6 +304,5 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer():
   assert {x.dtype for x in jax.tree.leaves(st.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)} == {
       jnp.dtype('float32')}
   # The forward pass really computes in bf16: the jaxpr carries bf16 convolutions.
-  f = functools.partial(steps.loss_fn, models=models, phase=_phases(cfg)['stage1'], loss_cfg=cfg.loss,
-                        scale=cfg.model.scale)
+  f = functools.partial(steps.loss_fn, models=models, phase=_phases(cfg)['stage1'], loss_cfg=cfg.loss)
   assert 'bf16' in str(jax.make_jaxpr(lambda p: f(p, _batch(cfg))[0])(st.params))
