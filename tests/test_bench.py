@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dsr_jax import bench
+from dsr_jax import bench_train
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +42,15 @@ def test_train_step_json(capsys, tmp_path):
   assert not any(o['op'].startswith('$') for o in r['top_ops'])  # XLA ops, not Python frames
 
 
+def test_train_dsr_only(capsys):
+  """The DSRNet-alone step (configs/cpu_real.py:x4,wo_ct): DENet and SPNet are not built at all."""
+  status, out, _ = _run(capsys, ['train', *TINY, '--phase', 'dsr_only', '--side-weight', '0.5'])
+  assert status == 0
+  r = json.loads(out)
+  assert r['phase'] == 'dsr_only' and list(r['params']) == ['dsr'] and r['side_weight'] == 0.5
+  assert r['step_s'] > 0 and r['flops'] > 0
+
+
 def test_flops_only_counts_the_unoptimised_step(capsys):
   """--flops-only lowers without compiling; its count is the one a full run reports as `flops`, and the CPU
   subprocess that a plugin backend (CUDA) falls back on gives the same number."""
@@ -52,7 +62,7 @@ def test_flops_only_counts_the_unoptimised_step(capsys):
   status, out, _ = _run(capsys, ['train', *TINY, '--no-cpu-flops'])
   assert status == 0 and json.loads(out)['flops'] == only['flops']
   import argparse  # pylint: disable=g-import-not-at-top
-  assert bench._flops_on_cpu(argparse.Namespace(argv=['train', *TINY])) == only['flops']
+  assert bench_train.flops_on_cpu(argparse.Namespace(argv=['train', *TINY])) == only['flops']
 
 
 def test_infer_non_square(capsys):
@@ -106,6 +116,26 @@ def test_compare_against_the_peer(capsys):
     assert r[side]['teacher_update'] == 'frozen' and r[side]['affinity'] == 'raw', side
   assert r['ours']['side_weight'] == 0 and not r['ours']['detach_uncertainty']
   assert r['ours']['params'] == r['peer']['params']
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None or not pathlib.Path(bench.PEER).exists(),
+                    reason='torch or ../shared/peers/torch_ctkt.py not available')
+def test_compare_dsr_alone_against_the_peer(capsys):
+  """compare --mode train_dsr (the peer's spelling) times our dsr_only step against the peer's train_dsr."""
+  status, out, _ = _run(capsys, ['compare', '--mode', 'train_dsr', *TINY, '--rounds', '1', '--side-weight', '0.5'])
+  assert status == 0
+  r = json.loads(out)
+  assert r['mode'] == 'train_dsr' and r['ours']['phase'] == 'dsr_only' and r['peer']['mode'] == 'train_dsr'
+  assert r['ours']['side_weight'] == 0.5
+  assert r['peer']['batch'] == r['ours']['batch'] == 2 and r['peer']['hr'] == r['ours']['hr'] == 16
+  assert r['ours']['params'] == {'dsr': r['peer']['params']['dsr']}
+  assert r['ratio'] == pytest.approx(r['ours_images_per_s'] / r['peer_images_per_s'])
+
+
+@pytest.mark.parametrize('argv', [['compare'], ['compare', 'train', '--mode', 'train_dsr']])
+def test_compare_needs_one_mode(capsys, argv):
+  status, out, err = _run(capsys, argv)
+  assert status == 2 and not out and err.count('\n') == 1 and 'expected one mode' in err
 
 
 @pytest.mark.skipif(importlib.util.find_spec('torch') is None or not pathlib.Path(bench.PEER).exists(),
