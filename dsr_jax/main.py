@@ -69,6 +69,7 @@ def run(config, workdir: str) -> int:
         print(f'checkpoints: {summary["checkpoints"]}  (best by validation MAD: {summary["best_checkpoint"]})')
       return 0
     from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top  (as train above)
+    from dsr_jax import reports  # pylint: disable=g-import-not-at-top  (as train above)
     result = evaluate.run(config, workdir)
     if jax.process_index() == 0:
       print(reports.summary(result))

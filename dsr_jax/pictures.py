@@ -1,10 +1,18 @@
 """Pictures of depth maps: colour maps, side-by-side strips, 16-bit PNGs and comparison figures.
 
 One place for what TensorBoard (train), predict and eval draw, so that the same depth looks the same in each.
+`SceneImages` is eval mode's set of pictures per scene.
 """
+import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
+
+from dsr_jax import metrics
+from dsr_jax import reports
+from dsr_jax import resize
 
 
 def _lut(cmap: str) -> np.ndarray:
@@ -94,3 +102,70 @@ def comparison_figure(rows, path: str, title: str, unit: str = '', err_max=None,
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=dpi)
   return path
+
+
+class SceneImages:
+  """Eval's pictures, under <workdir>/eval/<report stem>_images/: per scene the SR depth as a 16-bit PNG
+  (<scene>_sr.png, round(depth / norm * 65535); index.json gives each scene's norm and unit), a colourised
+  view (<scene>_color.png, viridis over the GT's range) and an error map (<scene>_error.png, |SR - GT| in
+  protocol units, inferno from 0 to the scene's 99th percentile, unscored pixels black); and figure.png:
+  LR | bicubic | ours | GT | error for the first `figure_scenes` scenes, one row each, and
+  <scene>_panel.png, that row alone (index.json holds the MADs its titles show)."""
+
+  def __init__(self, directory: str, dataset: str, scale: int, proto, figure_scenes: int):
+    self.final, self.dataset, self.scale, self.proto = directory, dataset, scale, proto
+    self.figure_scenes, self.rows, self.index = figure_scenes, [], {}
+    # Written outside the workdir until the evaluation has finished: a run that fails part-way (a corrupt
+    # file) leaves nothing behind, and an earlier run's pictures stay until they are replaced whole.
+    self.dir = tempfile.mkdtemp(prefix='dsr_jax_eval_images_')
+
+  def discard(self) -> None:
+    shutil.rmtree(self.dir, ignore_errors=True)
+
+  def _path(self, name: str, what: str) -> str:
+    safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
+    return os.path.join(self.dir, f'{safe}_{what}.png')
+
+  def __call__(self, name, lr_norm, pred_norm, hr_norm, norm: float, scored) -> None:
+    pred, gt, mask, _ = scored
+    save_png16(self._path(name, 'sr'), pred_norm)
+    v = gt[mask] if mask.any() else gt.ravel()
+    lo, hi = float(v.min()), float(v.max())
+    save_rgb(self._path(name, 'color'), colourise(pred, 'viridis', lo, hi))
+    err = np.where(mask, np.abs(pred - gt), 0.0)
+    top = max(float(np.percentile(err[mask], 99)) if mask.any() else 1.0, 1e-6)
+    save_rgb(self._path(name, 'error'), colourise(err, 'inferno', 0.0, top, holes=~mask))
+    self.index[name] = {'norm': float(norm), 'unit': self.proto.unit, 'factor': self.proto.factor}
+    if len(self.rows) < self.figure_scenes:
+      h, w = hr_norm.shape
+      f = float(norm) * self.proto.factor
+      to_proto = lambda x: metrics.crop(np.asarray(x, np.float64)[:h, :w] * f, self.proto.border)
+      s = self.scale
+      # Scored as the protocol scores ours (rounding included), so the panel's MADs match the reports'.
+      bic = metrics.in_protocol_units(resize.upsample_bicubic(np.asarray(lr_norm, np.float64), s)[:h, :w],
+                                      norm, self.proto)
+      lr_up = to_proto(np.kron(np.asarray(lr_norm, np.float64), np.ones((s, s))))
+      row = {'name': reports.title(name), 'lr_up': lr_up, 'bicubic': bic, 'ours': pred, 'gt': gt, 'mask': mask,
+             'mad_bicubic': float(np.abs(bic - gt)[mask].mean()) if mask.any() else float('nan'),
+             'mad_ours': float(np.abs(pred - gt)[mask].mean()) if mask.any() else float('nan')}
+      comparison_figure([row], self._path(name, 'panel'), f'{self.dataset} {reports.title(name)}, x{s}',
+                        self.proto.unit)
+      self.rows.append(row)
+      self.index[name].update(panel_mad_bicubic=row['mad_bicubic'], panel_mad_ours=row['mad_ours'])
+
+  def finish(self) -> dict:
+    """Writes the index and the figure, then puts the directory in place (replacing an earlier one)."""
+    with open(os.path.join(self.dir, 'index.json'), 'w') as f:
+      json.dump({'png16': 'depth (dataset units) = value / 65535 * norm; protocol units = that * factor',
+                 'scenes': self.index}, f, indent=2)
+    if self.rows:
+      comparison_figure(self.rows, os.path.join(self.dir, 'figure.png'), f'{self.dataset}, x{self.scale}',
+                        self.proto.unit)
+    self.rows = []
+    if os.path.isdir(self.final):
+      shutil.rmtree(self.final)
+    shutil.move(self.dir, self.final)
+    files = {'dir': self.final, 'index': os.path.join(self.final, 'index.json')}
+    if os.path.exists(os.path.join(self.final, 'figure.png')):
+      files['figure'] = os.path.join(self.final, 'figure.png')
+    return files

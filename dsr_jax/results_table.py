@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from dsr_jax import errors
+from dsr_jax import reports
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / 'checkpoints'
@@ -50,11 +51,10 @@ def _cells(per: dict, digits: int) -> list[str]:
 
 
 def table(found: dict) -> str:
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   lines = ['| scale | method | params | ' + ' | '.join(s.capitalize() for s in SCENES) + ' | mean |',
            '|' + ' --- |' * (4 + len(SCENES))]
   for scale in sorted(found):
-    paper = evaluate.paper_rows(scale)
+    paper = reports.paper_rows(scale)
     for method in PAPER_ROWS:
       if method in paper:
         lines.append(f'| x{scale} | {method} (paper) | - | ' + ' | '.join(_cells(paper[method], 2)) + ' |')

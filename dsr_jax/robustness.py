@@ -6,7 +6,7 @@
 For every checkpoint and every row, eval mode runs on the Middlebury 2005 benchmark with
 `eval.degradation=<row>` (the LR made as degradation.EVAL_DEGRADATIONS says, at a fixed seed) and writes its
 eval JSON (both ours and bicubic, per scene) under `<out>/<checkpoint>/eval/`. The 'realscene' row is RGB-D-D's
-real phone time-of-flight LR (evaluate.real_sensor, RMSE in cm) in `<out>/<checkpoint>/realscene.json`. The
+real phone time-of-flight LR (study.real_sensor_rmse, RMSE in cm) in `<out>/<checkpoint>/realscene.json`. The
 table (`<out>/TABLE.md`, and the README block between <!-- robustness:begin --> and <!-- robustness:end -->
 with --readme) is written from those files only: per scale, a row per LR, ours / bicubic as the mean ratio
 and the worst scene's ratio. A ratio below 1 means the network helps.
@@ -78,14 +78,14 @@ def realscene_registration(data_dir: str = '', scale: int = 4, shift: int = 4) -
   says the LR is not registered to the ground truth, and that the metric there rewards blur."""
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dsr_jax import resize  # pylint: disable=g-import-not-at-top
+  from dsr_jax import study  # pylint: disable=g-import-not-at-top
   from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   out = {}
-  for name, hr, valid, lr, norm in evaluate.real_sensor_scenes(str(readers.resolve_data_dir(data_dir)), scale):
+  for name, hr, valid, lr, norm in study.real_sensor_scenes(str(readers.resolve_data_dir(data_dir)), scale):
     h, w = hr.shape
     bic = resize.upsample_bicubic(lr, scale)[:h, :w] * norm
-    rmse = lambda p: evaluate.rmse_cm(p, hr, valid)  # pylint: disable=cell-var-from-loop
+    rmse = lambda p: study.rmse_cm(p, hr, valid)  # pylint: disable=cell-var-from-loop
     shifts = {(dy, dx): rmse(np.roll(bic, (dy, dx), axis=(0, 1)))
               for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)}
     best = min(shifts, key=shifts.get)
