@@ -58,11 +58,15 @@ def _abstract(tree, sharding):
 def quiet_failed_restore():
   """Keeps the leftovers of orbax's failed reads off stderr; yields a list to append to on failure.
 
-  A restore that fails on one array abandons the reads of the others. When they are collected, Python and
-  asyncio print a traceback for each ("Exception ignored in ...", "Task exception was never retrieved",
-  "Event loop is closed" from reads landing late): a wall of noise that looks like a crash, around a
-  failure already reported as one warning. They are muted here, collected while muted, and the late reads
-  given a moment to land.
+  A restore that fails on one array abandons the reads of the others: orbax 0.12.8 awaits them with a
+  plain `asyncio.gather` (serialization/jax_array_handlers.py, `_async_deserialize`), which raises the first
+  exception and, as Python documents, leaves the other awaitables running (python/cpython#75633,
+  "asyncio.gather does not cancel tasks if one fails"). When they are collected, Python and asyncio print a
+  traceback for each ("Exception ignored in ...", "Task exception was never retrieved", "Event loop is
+  closed" from reads landing late): a wall of noise that looks like a crash, around a failure already
+  reported as one line. They are muted here, collected while muted, and the late reads given a moment to
+  land. This is the project's one patch against that behaviour: every restore of parameters (training's
+  resume; restore.load_params for eval, predict and export) runs inside it.
   """
   hook, aio = sys.unraisablehook, py_logging.getLogger('asyncio')
   aio_disabled = aio.disabled

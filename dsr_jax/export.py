@@ -15,12 +15,11 @@ directory or the filesystem root, or show a shell mistake (dsr_jax/paths.py).
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 
 from dsr_jax import errors
 from dsr_jax import paths
+from dsr_jax import staging
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
 from dsr_jax.errors import one_line
@@ -103,23 +102,21 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
   if metrics is not None:
     items['metrics'] = ocp.args.JsonSave(metrics)
   # Written beside the target and swapped in at the end: a failure leaves any previous export intact.
-  parent = os.path.dirname(out)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
-  except OSError as e:
-    raise UserError(f'--output {out}: cannot create it ({one_line(e)})') from e
-  try:
-    opts = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
-    with ocp.CheckpointManager(tmp, options=opts) as mngr:
-      mngr.save(step, args=ocp.args.Composite(**items))
-      mngr.wait_until_finished()
-    paths.replace_dir(tmp, out)
-  except OSError as e:
-    raise UserError(f'--output {out}: cannot write it ({one_line(e)})') from e
-  finally:
-    if os.path.isdir(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
+  with staging.Staging() as staged:
+    try:
+      tmp = staged.directory(out)
+    except OSError as e:
+      raise UserError(f'--output {out}: cannot create it ({one_line(e)})') from e
+    try:
+      opts = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+      with ocp.CheckpointManager(tmp, options=opts) as mngr:
+        mngr.save(step, args=ocp.args.Composite(**items))
+        mngr.wait_until_finished()
+      staged.commit()
+    except staging.CommitError as e:
+      raise UserError(f'--output {out}: cannot write it ({one_line(e.cause)})') from e
+    except OSError as e:
+      raise UserError(f'--output {out}: cannot write it ({one_line(e)})') from e
   return os.path.join(out, str(step))
 
 

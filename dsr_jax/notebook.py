@@ -157,9 +157,8 @@ def demo_scene(config, seed: int = 10**6, size=(128, 128)):
 
 def load_depth(path: str, norm: float) -> np.ndarray:
   """A depth map file (8/16-bit PNG or .npy) normalised by `norm` (e.g. 255 for Middlebury disparity)."""
-  from dsr_jax import predict  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  depth, _ = predict.read_depth(pathlib.Path(path))
+  from dsr_jax import depth_io  # pylint: disable=g-import-not-at-top
+  depth, _ = depth_io.read_depth(pathlib.Path(path))
   return np.asarray(depth, np.float32) / np.float32(norm)
 
 
@@ -168,7 +167,7 @@ def compare(checkpoint: str, hr: np.ndarray, *, tile: int = 0, ensemble: bool = 
 
   Returns a dict of (H, W) maps: lr (nearest-upsampled for display), bicubic, ours, gt, and the MADs.
   """
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dsr_jax import inference  # pylint: disable=g-import-not-at-top
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
   config, params = restore.load_for_inference(checkpoint)
@@ -176,7 +175,7 @@ def compare(checkpoint: str, hr: np.ndarray, *, tile: int = 0, ensemble: bool = 
   dsr = models_lib.build(config.model).dsr
   h, w = hr.shape
   lr = resize.downsample(hr.astype(np.float64), s).astype(np.float32)
-  ours = evaluate.super_resolve(dsr, params, lr, tile=tile, ensemble=ensemble)[:h, :w]
+  ours = inference.super_resolve(dsr, params, lr, tile=tile, ensemble=ensemble)[:h, :w]
   bic = resize.upsample_bicubic(lr.astype(np.float64), s)[:h, :w].astype(np.float32)
   lr_big = np.kron(lr, np.ones((s, s), np.float32))[:h, :w]
   return {'scale': s, 'lr': lr_big, 'bicubic': bic, 'ours': ours, 'gt': hr,
@@ -230,6 +229,7 @@ def super_resolve_file(path: str, checkpoint: str = 'dsrnet_x4', out_dir: str = 
 
   Returns the input, its bicubic upsampling and ours (the file's own units), the scale and the output paths.
   """
+  from dsr_jax import depth_io  # pylint: disable=g-import-not-at-top
   from dsr_jax import predict  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
   args = ['--checkpoint', checkpoint, '--input', path, '--output', out_dir, '--tile', str(tile), '--overwrite']
@@ -239,11 +239,11 @@ def super_resolve_file(path: str, checkpoint: str = 'dsrnet_x4', out_dir: str = 
     raise SystemExit(f'predict could not super-resolve {path} (its error is printed above)')
   root, step = restore.resolve_checkpoint(checkpoint)
   s = int(restore.read_config(root, step).model.scale)
-  (inp,) = predict.check_inputs([pathlib.Path(path)])
-  x = predict.read_depth(inp.path)[0].astype(np.float32)
+  (inp,) = depth_io.check_inputs([pathlib.Path(path)])
+  x = depth_io.read_depth(inp.path)[0].astype(np.float32)
   x = x[..., 0] if x.ndim == 3 else x
   out, colour = predict.output_paths(inp, pathlib.Path(out_dir), s)
-  ours = predict.read_depth(out)[0].astype(np.float32)
+  ours = depth_io.read_depth(out)[0].astype(np.float32)
   ours = ours[..., 0] if ours.ndim == 3 else ours
   bic = resize.upsample_bicubic(x.astype(np.float64), s).astype(np.float32)
   return {'scale': s, 'input': x, 'bicubic': bic, 'ours': ours,

@@ -41,7 +41,7 @@ The output directory may not lie inside a checkpoint directory (its files would 
 Large inputs are tiled: --tile counts input (LR) pixels per tile side, --overlap input pixels of context
 per side (raised to the network's receptive field, 6 x model.stages; at most 256, and capped at each image's
 size, beyond which it is only the image's reflection); the result is identical to untiled inference, and
-memory is bounded by the tile size (see dsr_jax/evaluate.py). --tile 0 runs whole images; a tile has at
+memory is bounded by the tile size (see dsr_jax/inference.py). --tile 0 runs whole images; a tile has at
 least 8 input pixels.
 --ensemble averages the 8 flip/transpose variants (8x the time).
 
@@ -59,25 +59,20 @@ is written, so a refused run writes nothing.
 """
 import argparse
 import contextlib
-import dataclasses
-import io
 import logging
 import os
 import pathlib
 import signal
-import stat
-import struct
 import sys
-import tempfile
 import threading
 import time
-import warnings
-import zlib
 
 import numpy as np
 from PIL import Image
 
+from dsr_jax import depth_io
 from dsr_jax import paths
+from dsr_jax import staging as staging_lib
 from dsr_jax.config_lib import MAX_OVERLAP
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
@@ -85,240 +80,11 @@ from dsr_jax.errors import check_backend
 from dsr_jax.errors import one_line
 from dsr_jax.errors import positive_int
 
-SUFFIXES = ('.png', '.npy')
-PNG_MODES = {'L': 'png8', 'I;16': 'png16', 'I;16L': 'png16', 'I;16B': 'png16', 'I': 'png16'}
 CMAP = 'viridis'
 # Smaller tiles are all overlap (each side gets >= 6 x model.stages of context): thousands of windows.
 MIN_TILE = 8
 # Inputs whose valid depth exceeds RANGE_SLACK x the norm are refused unless --norm is given (check_range).
 RANGE_SLACK = 2.0
-# Inputs whose decoded arrays stay in memory between the check pass and the run (pixels); larger sets are
-# decoded twice rather than held.
-_KEEP_PIXELS = 64 * 2 ** 20
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-@dataclasses.dataclass
-class DepthInput:
-  """One validated input file."""
-  path: pathlib.Path
-  kind: str  # 'png8' | 'png16' | 'npy'
-  dtype: np.dtype  # storage type of the input (and of the output)
-  shape: tuple[int, int]
-  data: np.ndarray | None = None  # decoded values, kept for small inputs
-  peak: float = 0.0  # largest valid depth, in stored units
-  channel_axis: bool = False  # an (H, W, 1) .npy: its output keeps the axis
-
-
-def read_depth(path: pathlib.Path) -> tuple[np.ndarray, str]:
-  """Decodes one input file: ((H, W) array in its stored dtype, kind); UserError for anything but depth."""
-  a, kind, _ = _read_depth(path)
-  return a, kind
-
-
-def _check_npy(path: pathlib.Path) -> None:
-  """Refuses a .npy whose header does not describe the file: np.load would allocate what the header declares
-  (a 100000 x 100000 header over 100 bytes: MemoryError) or ignore bytes the header does not account for."""
-  fmt = np.lib.format
-  try:
-    with open(path, 'rb') as f:
-      version = fmt.read_magic(f)
-      read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-      shape, _, dtype = read(f)
-      offset = f.tell()
-  except (OSError, ValueError, EOFError, SyntaxError, TypeError) as e:
-    raise UserError(f'{path}: cannot read .npy depth ({one_line(e)}); expected a complete 2-D numeric '
-                    'array saved with numpy.save') from e
-  if dtype.hasobject:
-    raise UserError(f'{path}: a .npy of Python objects (dtype {dtype}); expected a float or integer depth array')
-  want = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
-  size = os.path.getsize(path)
-  if size != want:
-    what = 'truncated: it ends before' if size < want else f'it holds {size - want} bytes beyond'
-    raise UserError(f'{path}: cannot read .npy depth ({what} the {shape} {dtype} array its header declares: '
-                    f'{want} bytes, the file has {size}); expected a complete array saved with numpy.save')
-
-
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-
-
-def _png_data_size(w: int, h: int, bits_per_pixel: int, interlaced: bool) -> int:
-  """Bytes of filtered scanlines (a filter byte per row) that IHDR's size implies."""
-  passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
-  total = 0
-  for x0, y0, dx, dy in passes:
-    pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
-    if pw > 0 and ph > 0:
-      total += ph * (1 + (pw * bits_per_pixel + 7) // 8)
-  return total
-
-
-def _check_png(path: pathlib.Path) -> None:
-  """Refuses a PNG whose content is not the image its header declares, before Pillow decodes it.
-
-  Pillow skips the CRCs of image data and fills rows that a short (but well-ended) data stream lacks with
-  zeros: a 100-byte file would decode as a 6000 x 6000 map. Here every chunk's CRC must hold and the image
-  data must inflate, to the end of the zlib stream (its Adler-32 checked), to exactly the bytes IHDR's size
-  implies. Inflated data are counted, not kept; more than declared stops the count.
-  """
-  def bad(why):
-    return UserError(f'{path}: cannot read PNG ({why}); expected an 8- or 16-bit single-channel PNG')
-  with open(path, 'rb') as f:
-    if f.read(8) != _PNG_SIGNATURE:
-      raise bad('not a PNG file (no PNG signature)')
-    header, inflater, got, want, idat = None, zlib.decompressobj(), 0, 0, 'none'
-    while True:
-      head = f.read(8)
-      if len(head) < 8:
-        raise bad('truncated: the file ends before its IEND chunk')
-      length, kind = struct.unpack('>I4s', head)
-      data, crc = f.read(length), f.read(4)
-      if len(data) < length or len(crc) < 4:
-        raise bad(f'truncated inside its {kind!r} chunk')
-      if zlib.crc32(kind + data) != struct.unpack('>I', crc)[0]:
-        raise bad(f'damaged: its {kind.decode("latin-1")!r} chunk fails its CRC')
-      if header is None:
-        if kind != b'IHDR' or length != 13:
-          raise bad('damaged: the first chunk is not IHDR')
-        w, h, depth, colour, _, _, interlace = header = struct.unpack('>IIBBBBB', data)
-        if not (w and h) or colour not in _PNG_CHANNELS or interlace not in (0, 1):
-          raise bad(f'damaged: IHDR declares {w}x{h}, colour type {colour}, interlace {interlace}')
-        want = _png_data_size(w, h, depth * _PNG_CHANNELS[colour], bool(interlace))
-      elif kind == b'IDAT':
-        if idat == 'done':
-          raise bad('damaged: its image data (IDAT) chunks are not consecutive')
-        idat = 'open'
-        try:
-          while data and not inflater.eof:
-            got += len(inflater.decompress(data, 1 << 20))
-            data = inflater.unconsumed_tail
-            if got > want:
-              raise bad(f'damaged: its image data inflate to more than the {want} bytes its header\'s '
-                        f'{w}x{h} declares')
-        except zlib.error as e:
-          raise bad(f'damaged: its image data are not a valid zlib stream ({e})') from e
-      elif kind == b'IEND':
-        break
-      elif idat == 'open':
-        idat = 'done'
-  if idat == 'none':
-    raise bad('no image data (IDAT) chunk')
-  if got != want or not inflater.eof:
-    raise bad(f'damaged: its image data hold {got} of the {want} bytes its header\'s {w}x{h} declares'
-              + ('' if inflater.eof else ', and their zlib stream does not end'))
-  if colour == 0 and depth not in (8, 16):
-    # Pillow would rescale 1/2/4-bit grey to 0-255, and the output would be 8-bit: not the input's type.
-    raise UserError(f'{path}: a {depth}-bit greyscale PNG (Pillow would rescale its values, and its output would '
-                    'be stored in another type); expected an 8- or 16-bit single-channel PNG')
-
-
-def _check_regular(path: pathlib.Path) -> None:
-  """Only regular files are read: a FIFO blocks forever, /dev/zero never ends, a directory is no image."""
-  if path.is_symlink() and not path.exists():
-    raise UserError(f'{path}: symbolic link to {os.readlink(path)!r}, which does not resolve (dangling or a '
-                    'loop); expected a .png or .npy depth map')
-  try:
-    mode = os.stat(path).st_mode
-  except OSError as e:
-    raise UserError(f'{path}: cannot read it ({one_line(e)})') from e
-  if not stat.S_ISREG(mode):
-    what = ('a directory' if stat.S_ISDIR(mode) else 'a FIFO' if stat.S_ISFIFO(mode) else
-            'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'a socket' if stat.S_ISSOCK(mode)
-            else 'not a regular file')
-    raise UserError(f'{path}: is {what}, not a regular file; expected a .png or .npy depth map')
-
-
-def _read_depth(path: pathlib.Path) -> tuple[np.ndarray, str, bool]:
-  """read_depth, and whether the stored array had a trailing channel axis of 1."""
-  _check_regular(path)
-  suffix = path.suffix.lower()
-  channel_axis = False
-  if suffix == '.npy':
-    _check_npy(path)
-    try:
-      a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-      raise UserError(f'{path}: cannot read .npy depth ({one_line(e)}); expected a complete 2-D numeric '
-                      'array saved with numpy.save') from e
-    if not isinstance(a, np.ndarray):
-      raise UserError(f'{path}: not a single .npy array (expected a 2-D depth array)')
-    if a.ndim == 3 and a.shape[-1] == 1:
-      a, channel_axis = a[..., 0], True
-    if a.ndim == 3 and a.shape[-1] in (3, 4):
-      raise UserError(f'{path}: a {a.shape[-1]}-channel array {a.shape} given as depth; expected one '
-                      'channel (H, W)')
-    if a.ndim != 2 or min(a.shape) < 1:
-      raise UserError(f'{path}: expected a 2-D depth array (H, W), got shape {a.shape}')
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-      raise UserError(f'{path}: expected a float or integer depth array, got dtype {a.dtype}')
-    return a, 'npy', channel_axis
-  if suffix != '.png':
-    raise UserError(f'{path}: unsupported file type {path.suffix!r} (expected a .png or .npy depth map)')
-  _check_png(path)
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-      image = Image.open(path)
-      image.load()  # decode now: a truncated or corrupt file fails here
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise UserError(f'{path}: cannot read PNG ({one_line(e)}); expected an 8- or 16-bit single-channel '
-                    'PNG') from e
-  if image.format != 'PNG':
-    raise UserError(f'{path}: is a {image.format} image, not a PNG (expected an 8- or 16-bit single-channel '
-                    'PNG)')
-  if getattr(image, 'n_frames', 1) > 1:  # Pillow decodes the first frame only: the rest would be lost
-    raise UserError(f'{path}: an animated PNG ({image.n_frames} frames); expected a single-frame depth PNG')
-  kind = PNG_MODES.get(image.mode)
-  if kind is None:
-    bands = len(image.getbands())
-    what = f'a {bands}-channel ({image.mode})' if bands > 1 else f'a {image.mode!r}-mode'
-    raise UserError(f'{path}: {what} image given as depth; expected a single-channel 8- or 16-bit PNG')
-  a = np.asarray(image)
-  if image.mode == 'I':  # older Pillow spelling of 16-bit greyscale
-    if a.min() < 0 or a.max() > 65535:
-      raise UserError(f'{path}: 32-bit integer PNG values outside 0..65535 (expected 8- or 16-bit depth)')
-    a = a.astype(np.uint16)
-  return a, kind, channel_axis
-
-
-def hole_mask(a: np.ndarray) -> np.ndarray:
-  """True where the stored depth is a hole: zero, negative or non-finite."""
-  if np.issubdtype(a.dtype, np.floating):
-    with np.errstate(invalid='ignore'):
-      return ~(np.isfinite(a) & (a > 0))
-  return a <= 0
-
-
-def list_inputs(path: str) -> list[pathlib.Path]:
-  p = pathlib.Path(path).expanduser()
-  if p.is_dir():
-    # Every entry with a depth suffix is kept, to fail in read_depth unless it is a regular file (a link
-    # that leads nowhere, a FIFO, a directory): skipping them would drop inputs silently.
-    files = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES)
-    if not files:
-      raise UserError(f'--input {p}: directory has no .png or .npy files')
-    return files
-  if not p.exists() and not p.is_symlink():
-    raise UserError(f'--input {p}: no such file or directory')
-  return [p]
-
-
-def check_inputs(files: list[pathlib.Path]) -> list[DepthInput]:
-  """Decodes every input once (all errors surface before anything is written)."""
-  out, kept = [], 0
-  for path in files:
-    a, kind, channel_axis = _read_depth(path)
-    holes = hole_mask(a)
-    if holes.all():
-      raise UserError(f'{path}: no valid depth pixel (every pixel is 0, negative or NaN)')
-    keep = kept + a.size <= _KEEP_PIXELS
-    kept += a.size if keep else 0
-    peak = float(np.max(a, where=~holes, initial=0))
-    out.append(DepthInput(path, kind, a.dtype, a.shape, a if keep else None, peak, channel_axis))
-  return out
 
 
 def _finite_ratio(peak: float, norm: float) -> bool:
@@ -326,7 +92,7 @@ def _finite_ratio(peak: float, norm: float) -> bool:
     return bool(np.isfinite(np.float32(peak) / np.float32(norm)))
 
 
-def check_range(inp: DepthInput, norm: float, config) -> None:
+def check_range(inp: depth_io.DepthInput, norm: float, config) -> None:
   """Refuses depth far above the training range: the network only ever saw depth / norm in [0, 1].
 
   The usual cause is a unit mismatch (a 16-bit millimetre PNG for a checkpoint trained on 0-255
@@ -357,7 +123,7 @@ def input_norm(config, kind: str, override: float) -> float:
   return float(norms[0])
 
 
-def output_paths(inp: DepthInput, out_dir: pathlib.Path, scale: int) -> tuple[pathlib.Path, pathlib.Path]:
+def output_paths(inp: depth_io.DepthInput, out_dir: pathlib.Path, scale: int) -> tuple[pathlib.Path, pathlib.Path]:
   ext = 'npy' if inp.kind == 'npy' else 'png'
   stem = inp.path.stem
   return out_dir / f'{stem}_x{scale}.{ext}', out_dir / f'{stem}_x{scale}_color.png'
@@ -379,86 +145,65 @@ def check_outputs(inputs, out_dir: pathlib.Path, scale: int, overwrite: bool):
         raise UserError(f'{p}: would overwrite its own input')
 
 
-def to_output(pred, holes_hr, nan_hr, dtype: np.dtype) -> np.ndarray:
-  """Prediction (input units, float32) -> stored output of `dtype` with the holes put back."""
-  if np.issubdtype(dtype, np.integer):
-    info = np.iinfo(dtype)
-    # Valid pixels stay >= 1, so that 0 marks holes only.
-    out = np.clip(np.round(pred), max(info.min, 1), info.max).astype(dtype)
-    out[holes_hr] = 0
-    return out
-  # As above: a valid pixel stays positive (at least the smallest normal float), so 0 marks holes only.
-  out = np.maximum(pred, np.finfo(dtype).tiny).astype(dtype)
-  out[holes_hr] = 0
-  if nan_hr is not None:
-    out[nan_hr] = np.nan
-  return out
-
-
 def colourise(depth, holes_hr) -> np.ndarray:
   """The preview: viridis over the valid output range, holes black."""
   from dsr_jax import pictures  # pylint: disable=g-import-not-at-top
   return pictures.colourise(depth, CMAP, holes=holes_hr)
 
 
-def _stage(path: pathlib.Path, write, staged: list) -> None:
-  """Writes `path`'s content under a temporary name beside it, recorded in `staged` as (temporary, path);
-  `commit` renames them all once every output is written."""
+def _stage(path: pathlib.Path, write, staged: staging_lib.Staging) -> None:
+  """Writes `path`'s content under a temporary name beside it (staging.Staging.file); the run's commit puts
+  every output in place once all are written."""
   try:
-    with _signals_held():  # a file that exists is a file on the list, which the clean-up removes
-      fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-      os.close(fd)
-      staged.append((tmp, path))
-    write(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
+    staged.file(path, write)
   except OSError as e:
     raise UserError(f'{path}: cannot write it ({one_line(e)})') from e
 
 
-def _save_png(array: np.ndarray, path: pathlib.Path, staged: list) -> None:
+def _save_png(array: np.ndarray, path: pathlib.Path, staged: staging_lib.Staging) -> None:
   _stage(path, lambda tmp: Image.fromarray(array).save(tmp, format='PNG'), staged)
 
 
-def _save_npy(array: np.ndarray, path: pathlib.Path, staged: list) -> None:
+def _save_npy(array: np.ndarray, path: pathlib.Path, staged: staging_lib.Staging) -> None:
   def write(tmp):
     with open(tmp, 'wb') as f:
       np.save(f, array, allow_pickle=False)
   _stage(path, write, staged)
 
 
-def commit(staged: list) -> None:
+def commit(staged: staging_lib.Staging) -> None:
   """Renames every staged output onto its name (same directory: each rename is atomic, needs no space)."""
-  for done, (tmp, path) in enumerate(staged):
-    try:
-      os.replace(tmp, path)
-    except OSError as e:
-      raise UserError(f'{path}: cannot rename {tmp} onto it ({one_line(e)}); {done} of {len(staged)} '
-                      'output files were put in place, the others are unchanged') from e
+  try:
+    staged.commit()
+  except staging_lib.CommitError as e:
+    raise UserError(f'{e.path}: cannot rename {e.staged} onto it ({one_line(e.cause)}); {e.done} of {e.total} '
+                    'output files were put in place, the others are unchanged') from e
 
 
-def process(inp: DepthInput, dsr, params, *, scale: int, norm: float, out_dir: pathlib.Path, tile: int,
-            overlap: int, ensemble: bool, staged: list, progress=None) -> tuple[pathlib.Path, float]:
+def process(inp: depth_io.DepthInput, dsr, params, *, scale: int, norm: float, out_dir: pathlib.Path,
+            tile: int, overlap: int, ensemble: bool, staged: staging_lib.Staging,
+            progress=None) -> tuple[pathlib.Path, float]:
   """Super-resolves one input and stages its two outputs (see _stage); returns (output path, seconds)."""
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dsr_jax import inference  # pylint: disable=g-import-not-at-top  (JAX: after the inputs are checked)
   from dsr_jax.input_pipeline import transforms  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  a = inp.data if inp.data is not None else read_depth(inp.path)[0]
+  a = inp.data if inp.data is not None else depth_io.read_depth(inp.path)[0]
   inp.data = None
-  holes = hole_mask(a)
+  holes = depth_io.hole_mask(a)
   nan_holes = np.isnan(a) if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any() else None
   x = np.where(holes, 0, a).astype(np.float32) / np.float32(norm)
   x = transforms.fill_invalid(x, ~holes)  # the network never sees a hole
   # Context beyond the image's own size is only its reflection: capped there, the result is the same and
   # memory stays bounded by the image (an --overlap of 100000 would ask for windows of 200000 pixels a side).
   overlap = min(overlap, max(a.shape))
-  pred = evaluate.super_resolve(dsr, params, x, tile=tile, overlap=overlap, ensemble=ensemble,
-                                progress=progress)
+  pred = inference.super_resolve(dsr, params, x, tile=tile, overlap=overlap, ensemble=ensemble,
+                                 progress=progress)
   del x
   pred *= np.float32(norm)
   up = lambda m: np.repeat(np.repeat(m, scale, axis=0), scale, axis=1)
   holes_hr = up(holes)
   nan_hr = up(nan_holes) if nan_holes is not None else None
-  out = to_output(pred, holes_hr, nan_hr, inp.dtype)
+  out = depth_io.to_output(pred, holes_hr, nan_hr, inp.dtype)
   del pred
   path, colour_path = output_paths(inp, out_dir, scale)
   if inp.kind == 'npy':
@@ -488,21 +233,6 @@ class TileProgress:
     elif done * 10 // total > self.shown * 10 // total or done == total:
       self.shown = done
       print(f'{self.label}: tile {done}/{total}', file=self.stream, flush=True)
-
-
-@contextlib.contextmanager
-def _stderr_swallowed_on_error():
-  """Sends Python-level stderr to a sink; restores it only if the block succeeds.
-
-  When an Orbax restore fails, the reads it abandoned still complete on TensorStore's threads and print
-  "Event loop is closed" tracebacks, during the failure and up to interpreter exit. A refused run must end on
-  its one-line error, so after a failure the sink stays until `main` has printed that line (the CLI then
-  exits at once, see the bottom of this file).
-  """
-  real = sys.stderr
-  sys.stderr = io.StringIO()
-  yield
-  sys.stderr = real
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -558,7 +288,7 @@ def predict(args) -> int:
   if source.is_dir() and source.resolve() == pathlib.Path(args.output).expanduser().resolve():
     # Its outputs would be inputs of the next run over the same directory.
     raise UserError(f'--output {args.output}: is the --input directory (expected another directory)')
-  inputs = check_inputs(list_inputs(args.input))
+  inputs = depth_io.check_inputs(depth_io.list_inputs(args.input))
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top  (JAX + Orbax: ~1 s to import)
   root, step = restore.resolve_checkpoint(args.checkpoint)
   check_backend()  # before Orbax starts it, which would blame the checkpoint for a bad JAX_PLATFORMS
@@ -581,13 +311,12 @@ def predict(args) -> int:
                       'depth value that maps onto 1)')
   out_dir = pathlib.Path(args.output).expanduser()
   check_outputs(inputs, out_dir, scale, args.overwrite)
-  with _stderr_swallowed_on_error():
-    _, params, _ = restore.load_params(os.path.join(root, str(step)), ('dsr',))
+  _, params, _ = restore.load_params(os.path.join(root, str(step)), ('dsr',))
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   dsr = models_lib.build(config.model).dsr
   created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again on failure
   total = time.perf_counter()
-  staged, committed = [], False
+  staged, committed = staging_lib.Staging(), False
   try:
     try:
       os.makedirs(out_dir, exist_ok=True)
@@ -604,17 +333,14 @@ def predict(args) -> int:
     except UserError as e:
       raise UserError(f'{e}; no output was written (files already in --output {out_dir} are '
                       'unchanged)') from e
-    with _signals_held():  # all renames or none: a signal waits for the last one
-      commit(staged)
-      committed = True
+    commit(staged)  # all renames or none: a signal waits for the last one
+    committed = True
   except Interrupted as e:
     e.outcome = (f'all {len(inputs)} file(s) were written to {out_dir}' if committed else
                  f'no output was written (files already in --output {out_dir} are unchanged)')
     raise
   finally:
-    for tmp, _ in staged:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(tmp)
+    staged.discard()
     if not committed:
       for d in created:  # innermost first; a directory someone else wrote to stays
         with contextlib.suppress(OSError):
@@ -633,9 +359,6 @@ class Interrupted(BaseException):
     self.outcome = 'nothing was written'
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def _signals_raise():
   """SIGINT and SIGTERM raise Interrupted in the main thread. Later ones are ignored: what they would
@@ -646,10 +369,10 @@ def _signals_raise():
 
   def handle(signum, frame):
     del frame
-    for sig in _STOP_SIGNALS:
+    for sig in staging_lib.STOP_SIGNALS:
       signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
-  old = {sig: signal.signal(sig, handle) for sig in _STOP_SIGNALS}
+  old = {sig: signal.signal(sig, handle) for sig in staging_lib.STOP_SIGNALS}
   try:
     yield
   finally:
@@ -657,43 +380,21 @@ def _signals_raise():
       signal.signal(sig, handler)
 
 
-@contextlib.contextmanager
-def _signals_held():
-  """Holds SIGINT and SIGTERM back for the block; one that came meanwhile acts when it ends."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-  try:
-    yield
-  finally:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-
-
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   # Orbax's read-only manager logs WARNINGs about options it adjusts; errors must stay one line.
   for name in ('absl', 'orbax'):
     logging.getLogger(name).setLevel(logging.ERROR)
-  err = sys.stderr
   try:
     with _signals_raise():
       return predict(args)
   except UserError as e:
-    print(f'error: {" ".join(str(e).split())}', file=err, flush=True)
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
     return 2
   except Interrupted as e:
-    print(f'interrupted ({signal.Signals(e.signum).name}): stopped; {e.outcome}', file=err, flush=True)
+    print(f'interrupted ({signal.Signals(e.signum).name}): stopped; {e.outcome}', file=sys.stderr, flush=True)
     return 128 + e.signum
-  finally:
-    sys.stderr = err
 
 
 if __name__ == '__main__':
-  status = main()
-  if status:
-    # A refused run ends here, before interpreter shutdown, where the leftovers of a failed Orbax restore
-    # would print tracebacks (see _stderr_swallowed_on_error). Every output is already closed.
-    sys.stdout.flush()
-    os._exit(status)  # pylint: disable=protected-access
-  sys.exit(status)
+  sys.exit(main())

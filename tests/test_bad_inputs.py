@@ -996,21 +996,21 @@ def test_quiet_console_keeps_the_documented_warning_line_only():
 def test_predict_overlap_is_capped_at_the_image(x2_checkpoint, tmp_path):
   """--overlap beyond the image's size is capped there at use: the result is that of the receptive field's
   own margin, and the windows stay the image's size (a 12x16 map, not 2 x 256 pixels of reflection)."""
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dsr_jax import inference  # pylint: disable=g-import-not-at-top
   from dsr_jax import predict  # pylint: disable=g-import-not-at-top
   inp = _depth_npy(tmp_path / 'in' / 'scan.npy')
-  seen, real = [], evaluate.super_resolve
+  seen, real = [], inference.super_resolve
 
   def spy(*args, **kwargs):
     seen.append(kwargs['overlap'])
     return real(*args, **kwargs)
-  evaluate.super_resolve = spy
+  inference.super_resolve = spy
   try:
     for overlap in (0, predict.MAX_OVERLAP):
       argv = _predict(x2_checkpoint, inp, tmp_path / f'out{overlap}', '--tile', '8', '--overlap', str(overlap))
       assert predict.main([str(a) for a in argv]) == 0
   finally:
-    evaluate.super_resolve = real
+    inference.super_resolve = real
   assert seen == [0, 16]
   a, b = (np.load(tmp_path / f'out{o}' / 'scan_x2.npy') for o in (0, predict.MAX_OVERLAP))
   np.testing.assert_allclose(a, b, atol=1e-4)
