@@ -16,7 +16,6 @@ not in the target.
 
 Every problem with the checkpoint raises `UserError` with one line naming the path and what was expected.
 """
-import functools
 import os
 import pathlib
 import re
@@ -203,8 +202,8 @@ def abstract_params(config, nets=('dsr',)):
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   models = models_lib.build(config.model)
-  shapes = jax.eval_shape(functools.partial(state_lib.init_params, models, scale=config.model.scale),
-                          jax.random.key(0))
+  # The key is made inside the abstract evaluation too: shapes only, nothing is placed on a device.
+  shapes = jax.eval_shape(lambda: state_lib.init_params(models, jax.random.key(0), scale=config.model.scale))
   sharding = _single_device_sharding()
   return {n: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes[n])
           for n in nets if n in shapes}

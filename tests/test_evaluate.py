@@ -16,11 +16,16 @@ import pytest
 from conftest import count_calls
 from dsr_jax.configs import test as test_config
 from dsr_jax import evaluate
+from dsr_jax import inference
 from dsr_jax.config_lib import load_config
 from dsr_jax import main as main_lib
+from dsr_jax import metrics
+from dsr_jax import protocol
+from dsr_jax import reports
 from dsr_jax import restore
 from dsr_jax.errors import ConfigError
 from dsr_jax.errors import UserError
+from dsr_jax.input_pipeline import readers
 from dsr_jax.models.dsrnet import DSRNet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -63,16 +68,16 @@ def test_bicubic_middlebury2005_reproduces_paper(shared_data_dir, tmp_path, scal
   cfg.eval.images = scale == 8  # pictures once (they cost a few seconds)
   cfg.eval.figure_scenes = 2
   res = evaluate.run(cfg, str(tmp_path))
-  paper = evaluate.PAPER_TABLE1_MAD['Bicubic']
-  i = evaluate.PAPER_SCALES.index(scale)
+  paper = reports.PAPER_TABLE1_MAD['Bicubic']
+  i = protocol.PAPER_SCALES.index(scale)
   for scene in ('art', 'books', 'moebius'):  # the scenes whose GT is the paper's (shared/data/README.md)
     assert round(res['per_scene'][scene]['mad'], 2) == paper[scene][i], scene
-  assert set(res['per_scene']) == set(evaluate.SCENES_2005)
+  assert set(res['per_scene']) == set(reports.SCENES_2005)
   for m in res['per_scene'].values():
     assert m['rmse'] >= m['mad'] > 0 and 0 < m['ssim'] <= 1 and m['psnr'] > 20
   on_disk = json.loads((tmp_path / 'eval' / f'middlebury2005_x{scale}_bicubic.json').read_text())
   assert on_disk['per_scene']['art']['mad'] == pytest.approx(res['per_scene']['art']['mad'])
-  assert on_disk['paper_table1_mad']['DSRNet']['art'] == evaluate.PAPER_TABLE1_MAD['DSRNet']['art'][i]
+  assert on_disk['paper_table1_mad']['DSRNet']['art'] == reports.PAPER_TABLE1_MAD['DSRNet']['art'][i]
   md = (tmp_path / 'eval' / f'middlebury2005_x{scale}_bicubic.md').read_text()
   assert '| Bicubic (paper) |' in md and '| DSRNet w/o CT (paper) |' in md and '| DSRNet (paper) |' in md
   assert f'| **Bicubic (ours)** | {paper["art"][i]:.2f} | {paper["books"][i]:.2f} |' in md
@@ -82,12 +87,12 @@ def test_bicubic_middlebury2005_reproduces_paper(shared_data_dir, tmp_path, scal
     return
   assert res['files']['images']['figure'] == str(pics / 'figure.png')
   index = json.loads((pics / 'index.json').read_text())['scenes']
-  assert set(index) == set(evaluate.SCENES_2005)
+  assert set(index) == set(reports.SCENES_2005)
   assert sorted(p.name for p in pics.glob('*_panel.png')) == ['art_panel.png', 'books_panel.png']
   for scene in ('art', 'books'):  # a panel's MADs are the report's: here both columns are bicubic
     for key in ('panel_mad_bicubic', 'panel_mad_ours'):
       assert index[scene][key] == pytest.approx(res['per_scene'][scene]['mad'], abs=1e-9), (scene, key)
-  for scene in evaluate.SCENES_2005:
+  for scene in reports.SCENES_2005:
     sr = np.asarray(Image.open(pics / f'{scene}_sr.png'))
     colour = np.asarray(Image.open(pics / f'{scene}_color.png'))
     err = np.asarray(Image.open(pics / f'{scene}_error.png'))
@@ -122,10 +127,10 @@ def test_tiled_equals_untiled(scale):
             4: (((37, 53), ((8, 0), (25, 5))), ((19, 70), ((16, 12),)))}[scale]
   for (h, w), combos in combos:
     lr = rng.random((h, w)).astype(np.float32)
-    full = evaluate.super_resolve(dsr, params, lr)
+    full = inference.super_resolve(dsr, params, lr)
     assert full.shape == (scale * h, scale * w) and full.dtype == np.float32
     for tile, overlap in combos:
-      tiled = evaluate.super_resolve(dsr, params, lr[..., None], tile=tile, overlap=overlap)
+      tiled = inference.super_resolve(dsr, params, lr[..., None], tile=tile, overlap=overlap)
       np.testing.assert_allclose(tiled, full, atol=1e-4, err_msg=f'{h}x{w} tile={tile} overlap={overlap}')
 
 
@@ -134,8 +139,8 @@ def test_interior_equals_plain_apply():
   dsr, params = _tiny_dsr(2)
   lr = np.random.default_rng(1).random((60, 64)).astype(np.float32)
   plain = np.asarray(dsr.apply({'params': params}, lr[None, ..., None]))[0, ..., 0]
-  ours = evaluate.super_resolve(dsr, params, lr, tile=16)
-  m = 2 * evaluate.receptive_margin(dsr)
+  ours = inference.super_resolve(dsr, params, lr, tile=16)
+  m = 2 * inference.receptive_margin(dsr)
   np.testing.assert_allclose(ours[m:-m, m:-m], plain[m:-m, m:-m], atol=1e-5)
 
 
@@ -147,7 +152,7 @@ def test_receptive_margin_bounds_influence():
   y1 = np.asarray(dsr.apply({'params': params}, x))[0, ..., 0]
   rows = np.nonzero(np.abs(y1 - y0).max(axis=1) > 0)[0]
   reach = max(32 - rows.min() / 2, (rows.max() + 1) / 2 - 33)
-  assert 0 < reach <= evaluate.receptive_margin(dsr)
+  assert 0 < reach <= inference.receptive_margin(dsr)
 
 
 def test_one_compile_per_bucket():
@@ -155,10 +160,10 @@ def test_one_compile_per_bucket():
   # DSRNet.apply runs (as Python) only when super_resolve's jitted function traces it.
   with count_calls(DSRNet, 'apply', lambda *a, **k: 'DSRNet') as traces:
     for h, w in ((37, 53), (35, 50), (36, 60)):  # + 2 * 12 margin -> all in the 64 x 96 bucket
-      evaluate.super_resolve(dsr, params, np.ones((h, w), np.float32))
+      inference.super_resolve(dsr, params, np.ones((h, w), np.float32))
     assert traces['DSRNet'] == 1
-    evaluate.super_resolve(dsr, params, np.ones((100, 100), np.float32), tile=20)  # 20 + 24 -> 64 x 64
-    evaluate.super_resolve(dsr, params, np.ones((70, 41), np.float32), tile=20)
+    inference.super_resolve(dsr, params, np.ones((100, 100), np.float32), tile=20)  # 20 + 24 -> 64 x 64
+    inference.super_resolve(dsr, params, np.ones((70, 41), np.float32), tile=20)
     assert traces['DSRNet'] == 2
 
 
@@ -166,24 +171,24 @@ def test_ensemble():
   dsr, params = _tiny_dsr(2)
   yy, xx = np.mgrid[:23, :31]
   smooth = (0.5 + 0.2 * np.sin(yy / 7.0) * np.cos(xx / 9.0)).astype(np.float32)
-  single = evaluate.super_resolve(dsr, params, smooth)
-  ens = evaluate.super_resolve(dsr, params, smooth, ensemble=True)
+  single = inference.super_resolve(dsr, params, smooth)
+  ens = inference.super_resolve(dsr, params, smooth, ensemble=True)
   assert ens.shape == single.shape == (46, 62) and np.isfinite(ens).all()
   assert np.abs(ens - single).mean() < 0.5 * np.abs(single - single.mean()).mean() + 0.1
   # With the output conv zeroed DSRNet is its bicubic residual, which commutes with flips and transposes:
   # the ensemble must then reproduce the single pass (this checks every inverse transform).
   zeroed = jax.tree.map(lambda x: x, params)
   zeroed['tail'] = jax.tree.map(jnp.zeros_like, params['tail'])
-  np.testing.assert_allclose(evaluate.super_resolve(dsr, zeroed, smooth, ensemble=True, tile=8),
-                             evaluate.super_resolve(dsr, zeroed, smooth), atol=1e-5)
+  np.testing.assert_allclose(inference.super_resolve(dsr, zeroed, smooth, ensemble=True, tile=8),
+                             inference.super_resolve(dsr, zeroed, smooth), atol=1e-5)
 
 
 def test_bad_tiling_arguments():
   dsr, params = _tiny_dsr(2)
   with pytest.raises(ConfigError, match='tile'):
-    evaluate.super_resolve(dsr, params, np.ones((8, 8)), tile=-1)
+    inference.super_resolve(dsr, params, np.ones((8, 8)), tile=-1)
   with pytest.raises(ConfigError, match='overlap'):
-    evaluate.super_resolve(dsr, params, np.ones((8, 8)), overlap=-3)
+    inference.super_resolve(dsr, params, np.ones((8, 8)), overlap=-3)
 
 
 # ------------------------------------------------------------------------------------------ protocols
@@ -197,29 +202,29 @@ def test_protocol_units_and_crops():
   pred = gt + 0.0
   pred[:6] += 1.0
   pred[20, 20] += 0.01
-  m, (p, g, mask, peak) = evaluate.score_image(pred / 10, gt / 10, valid, 10.0, evaluate.PROTOCOLS['nyu_v2'])
+  m, (p, g, mask, peak) = metrics.score_image(pred / 10, gt / 10, valid, 10.0, readers.PROTOCOLS['nyu_v2'])
   assert p.shape == (28, 38) and peak == 1000.0
   assert m['mad'] == pytest.approx(1.0 / (28 * 38), rel=1e-6)
   assert m['rmse'] == pytest.approx(np.sqrt(1.0 / (28 * 38)), rel=1e-6)
   # RGB-D-D: mm -> cm, no crop, invalid pixels ignored.
   pred = gt * 1000 + 10.0
   pred[0, 0] = 1e6
-  m, _ = evaluate.score_image(pred / 4000, gt * 1000 / 4000, valid, 4000.0, evaluate.PROTOCOLS['rgbdd'])
+  m, _ = metrics.score_image(pred / 4000, gt * 1000 / 4000, valid, 4000.0, readers.PROTOCOLS['rgbdd'])
   assert m['mad'] == pytest.approx(1.0) and m['rmse'] == pytest.approx(1.0)
   assert m['psnr'] == pytest.approx(20 * np.log10(400.0))
   # Middlebury 2005: rounded to uint8, every pixel counts.
   gt8 = np.full((10, 10), 100.0)
-  m, (p, _, mask, _) = evaluate.score_image((gt8 + 0.4) / 255, gt8 / 255, np.zeros((10, 10)), 255.0,
-                                            evaluate.PROTOCOLS['middlebury2005'])
+  m, (p, _, mask, _) = metrics.score_image((gt8 + 0.4) / 255, gt8 / 255, np.zeros((10, 10)), 255.0,
+                                            readers.PROTOCOLS['middlebury2005'])
   assert m['mad'] == 0.0 and mask.all() and m['psnr'] is None and m['ssim'] == pytest.approx(1.0)
 
 
 def test_depth_metrics():
   gt = np.linspace(1, 5, 100).reshape(10, 10)
   mask = np.ones(gt.shape, bool)
-  m = evaluate.depth_metrics(gt, gt, mask, 1e-3)
+  m = metrics.depth_metrics(gt, gt, mask, 1e-3)
   assert m['delta1'] == 1.0 and m['abs_rel'] == 0.0 and m['rmse'] == 0.0 and m['log10'] == 0.0
-  m = evaluate.depth_metrics(gt * 1.3, gt, mask, 1e-3)
+  m = metrics.depth_metrics(gt * 1.3, gt, mask, 1e-3)
   assert m['delta1'] == 0.0 and m['delta2'] == 1.0 and m['abs_rel'] == pytest.approx(0.3)
   assert m['log10'] == pytest.approx(np.log10(1.3))
 
@@ -234,26 +239,26 @@ def _batches(names, hr, lr):
 
 def test_a_registered_metric_reaches_every_report(monkeypatch, tmp_path):
   """Adding a metric is one registered function: the JSON, the Markdown table and the console line show it."""
-  monkeypatch.setitem(evaluate.METRICS, 'max_err', evaluate.Metric(
+  monkeypatch.setitem(metrics.METRICS, 'max_err', metrics.Metric(
       lambda p, g, m, peak: float(np.abs(p - g)[m].max()), 'max |error| ({unit})', 3, 'MAXERR'))
   rng = np.random.default_rng(0)
   hr = rng.random((16, 16))
-  ev = evaluate.Evaluator(_batches(['a', 'b'], hr, hr[::2, ::2]), evaluate.PROTOCOLS['synthetic_rgbd'], 2)
+  ev = evaluate.Evaluator(_batches(['a', 'b'], hr, hr[::2, ::2]), readers.PROTOCOLS['synthetic_rgbd'], 2)
   res = ev(lambda lr: np.kron(lr, np.ones((2, 2))), baseline=True)
   want = float(np.abs(np.kron(hr[::2, ::2], np.ones((2, 2))) - hr).max())
   assert res['per_scene']['a']['max_err'] == pytest.approx(want) and 'max_err' in res['bicubic']['mean']
   result = {'dataset': 'synthetic_rgbd', 'scale': 2, 'model': 'dsrnet', 'step': 1, 'split': 'test',
             'protocol': {'unit': 'u', 'reference': 'r'}, **res,
             'files': {'json': str(tmp_path / 'x.json'), 'md': str(tmp_path / 'x.md')}}
-  md = evaluate.markdown(result)
+  md = reports.markdown(result)
   assert '| Scene | MAD (u) | RMSE (u) | PSNR (dB) | SSIM | max |error| (u) |' in md
   assert '| a | ' in md and f'{want:.3f} |' in md
-  assert f'MAXERR {want:.3f}' in evaluate.summary(result)
+  assert f'MAXERR {want:.3f}' in reports.summary(result)
 
 
 def test_evaluator_keeps_repeated_names_and_scores_the_baseline_once():
   hr = np.linspace(0, 1, 64).reshape(8, 8)
-  ev = evaluate.Evaluator(_batches(['x', 'x', 'y'], hr, hr[::2, ::2]), evaluate.PROTOCOLS['synthetic_rgbd'], 2,
+  ev = evaluate.Evaluator(_batches(['x', 'x', 'y'], hr, hr[::2, ::2]), readers.PROTOCOLS['synthetic_rgbd'], 2,
                           metrics=('mad',))
   calls = []
   res = ev(lambda lr: calls.append(1) or np.zeros((8, 8)), baseline=True)
@@ -267,7 +272,7 @@ def test_evaluator_without_images_is_one_line_error():
   b = _batches(['a'], np.ones((8, 8)), np.ones((4, 4)))
   b[0]['mask'][0] = 0
   with pytest.raises(UserError, match=r"^data.val_name='v': split 'validation' has no image with valid depth$"):
-    evaluate.Evaluator(b, evaluate.PROTOCOLS['synthetic_rgbd'], 2,
+    evaluate.Evaluator(b, readers.PROTOCOLS['synthetic_rgbd'], 2,
                        name="data.val_name='v': split 'validation'")(lambda lr: lr)
 
 
@@ -312,12 +317,12 @@ def test_report_records_the_checkpoint_path_as_given(tmp_path, monkeypatch):
   # A report written into the repository (the shipped ones) must not carry this machine's layout.
   monkeypatch.chdir(tmp_path)
   step_dir = str(tmp_path / 'checkpoints' / 'dsrnet_x4' / '9000')
-  assert evaluate.shown_path(step_dir, 'checkpoints/dsrnet_x4') == os.path.join('checkpoints', 'dsrnet_x4',
+  assert reports.shown_path(step_dir, 'checkpoints/dsrnet_x4') == os.path.join('checkpoints', 'dsrnet_x4',
                                                                                '9000')
-  assert evaluate.shown_path(step_dir, step_dir) == step_dir
+  assert reports.shown_path(step_dir, step_dir) == step_dir
   outside = str(tmp_path.parent / 'elsewhere' / '8')  # relative, but resolved outside the cwd
-  assert evaluate.shown_path(outside, '../elsewhere') == outside
-  assert evaluate.shown_path('', '') == ''
+  assert reports.shown_path(outside, '../elsewhere') == outside
+  assert reports.shown_path('', '') == ''
 
 
 def test_eval_checkpoint_scale_mismatch(ckpt, tmp_path, capsys):
@@ -365,3 +370,28 @@ def test_eval_restores_8_device_checkpoint_on_1_device(ckpt, tmp_path):
     assert there['denet']['mean'][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
   md = (tmp_path / 'there' / 'eval' / 'synthetic_rgbd_x2.md').read_text()
   assert 'DSRNet (ours, step 8)' in md and 'DENet' in md
+
+
+def test_validation_and_predict_make_no_implicit_transfer(ckpt, tmp_path):
+  """Validation puts DSRNet's parameters on the device once (not with every window), and predict's are restored
+  there: under jax.transfer_guard('disallow') any implicit host <-> device copy raises, so a parameter tree
+  re-uploaded per window, or a window or an output moved without being named, fails here."""
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  from dsr_jax import predict  # pylint: disable=g-import-not-at-top
+  from dsr_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = test_config.get_config()
+  models = models_lib.build(cfg.model)
+  _, params, _ = restore.load_params(ckpt, ('dsr',))
+  # As training holds them: replicated over the mesh of the 8 fake devices.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  batches = list(train.val_dataset(cfg))  # the data pipeline is not under test
+  evaluator = train.val_evaluator(cfg, batches)
+  with jax.transfer_guard('disallow'):
+    result = train.validate_params(evaluator, models, params)
+  assert result['images'] == len(result['per_scene']) > 0 and np.isfinite(result['mean']['mad'])
+  np.save(tmp_path / 'scan.npy', np.linspace(0.25, 1, 12 * 16, dtype=np.float32).reshape(12, 16))
+  with jax.transfer_guard('disallow'):
+    assert predict.main(['--checkpoint', str(ckpt), '--input', str(tmp_path / 'scan.npy'),
+                         '--output', str(tmp_path / 'out'), '--tile', '8', '--ensemble']) == 0
+  assert np.load(tmp_path / 'out' / 'scan_x2.npy').shape == (24, 32)
