@@ -6,6 +6,8 @@ cuts (stop_gradient) every other network's outputs out of a term; it never looks
 phases are built once from the config (`make_phases`), so the routing table (docs/method.md, "Schedule and
 routing") lives here only.
 
+`Rounds` walks a run through them: where each round starts, its teacher, and the phase of each step.
+
 Compiled train steps: stage 1, DSR-student and DE-student (plus 'mutual' for train.roles='mutual' only, or
 'dsr_only' for "w/o CT"). The phase is a static argument of the step, so a role switch picks another
 already-compiled step and never recompiles.
@@ -131,6 +133,59 @@ def phase_for(phases: dict, teacher: int, cross_task: bool = True) -> Phase:
 def is_round_start(step: int, stage1_steps: int, round_steps: int) -> bool:
   """True where stage 2 starts a new round (roles are re-picked before this step runs)."""
   return step >= stage1_steps and (step - stage1_steps) % round_steps == 0
+
+
+PICK, RESTART = 'pick', 'restart'  # Rounds.boundary: a new teacher, or only fresh error sums
+
+
+class Rounds:
+  """The host's side of the role exchange: where each round starts, its teacher, and each step's phase.
+
+  The teacher changes only at a round's start, so the host keeps this copy instead of reading state.teacher
+  every step (a host sync that would stall asynchronous dispatch). The rounds' mean errors live in the train
+  state (steps.start_round); the loop reads them at a PICK boundary and hands them to `pick_next`.
+  """
+
+  def __init__(self, config, rule=None):
+    """rule: (e_dsr, e_de) of the finished round -> the next teacher; default role_rule(train.roles)."""
+    t = config.train
+    self.phases = make_phases(config)
+    self.cross_task = bool(config.model.use_denet)
+    self.stage1_steps, self.round_steps = t.stage1_steps, t.round_steps
+    self.pick = rule or role_rule(t.roles)
+    self.teacher = NO_TEACHER
+
+  def resume(self, teacher: int, prev_err) -> bool:
+    """Takes a checkpoint's teacher. A 'mutual' one resumed under other train.roles has no phase here: this
+    round's teacher is then picked by the new rule from the previous round's errors. True when the teacher
+    changed, so that the state stores the new one."""
+    self.teacher = teacher
+    if teacher == MUTUAL and 'mutual' not in self.phases:
+      self.teacher = self.pick(float(prev_err[0]), float(prev_err[1]))
+      return True
+    return False
+
+  def boundary(self, step: int):
+    """PICK where stage 2 starts a round, RESTART where a round of stage 1 (or of "w/o CT") starts, else None."""
+    if self.cross_task and is_round_start(step, self.stage1_steps, self.round_steps):
+      return PICK
+    if (not self.cross_task or step < self.stage1_steps) and step % self.round_steps == 0 and step > 0:
+      return RESTART
+    return None
+
+  def pick_next(self, mean_err) -> int:
+    """The next round's teacher from the finished round's mean errors (e_dsr, e_de)."""
+    self.teacher = self.pick(float(mean_err[0]), float(mean_err[1]))
+    return self.teacher
+
+  def phase(self, step: int) -> Phase:
+    in_stage2 = self.cross_task and step >= self.stage1_steps
+    return phase_for(self.phases, self.teacher if in_stage2 else NO_TEACHER, self.cross_task)
+
+  @property
+  def shown_teacher(self):
+    """The teacher the console names (None without cross-task transfer)."""
+    return self.teacher if self.cross_task else None
 
 
 def check_config(config) -> None:

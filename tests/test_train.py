@@ -20,6 +20,7 @@ from dsr_jax import sharding
 from dsr_jax import state as state_lib
 from dsr_jax import steps
 from dsr_jax import train
+from dsr_jax import trainer
 
 # Compile with most optimisations off, module fixtures (the smoke run) included: every check here compares
 # runs made under the same setting.
@@ -287,7 +288,7 @@ def test_resume_is_exact(smoke_run, tmp_path):
 def test_nan_guard_names_step_and_term(tmp_path):
   cfg = test_config.get_config()
   cfg.train.num_steps, cfg.ckpt.every_steps = 6, 2
-  with poisoned_batch(3), pytest.raises(train.NonFiniteLoss, match=r"step 3 in term 'total'"):
+  with poisoned_batch(3), pytest.raises(trainer.NonFiniteLoss, match=r"step 3 in term 'total'"):
     train.train_and_evaluate(cfg, str(tmp_path))
   # The last good checkpoint (step 2) exists; nothing at or after the poisoned step was saved.
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['2']
