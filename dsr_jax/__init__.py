@@ -1,4 +1,9 @@
-"""dsr_jax: single depth-map super-resolution with cross-task knowledge transfer, in JAX/Flax."""
+"""dsr_jax: single depth-map super-resolution with cross-task knowledge transfer, in JAX/Flax.
+
+Importing the package only mounts the checkout's top-level configs/ and input_pipeline/ as dsr_jax.configs and
+dsr_jax.input_pipeline: the repository keeps them at the top, where its readers look first, while a wheel
+installs them inside the package so that no generic `configs` package lands in site-packages.
+"""
 import importlib.util as _ilu
 import os as _os
 import sys as _sys
@@ -7,13 +12,8 @@ __version__ = "0.1.0"
 
 
 def _mount_checkout_dirs():
-  """Makes the checkout's top-level configs/ and input_pipeline/ importable as dsr_jax.configs and
-  dsr_jax.input_pipeline.
-
-  A wheel installs them inside this package (pyproject's package-dir), so that its top level holds only
-  dsr_jax and no generic `configs` package lands in site-packages. The repository keeps them at the top,
-  where readers look for them. Code imports one name in both layouts, so no module is ever loaded twice.
-  """
+  """Registers configs/ and input_pipeline/ under this package, unless a wheel installed them inside it
+  (pyproject's package-dir). Code imports one name in both layouts, so no module is ever loaded twice."""
   here = _os.path.dirname(_os.path.abspath(__file__))
   for name in ('configs', 'input_pipeline'):
     full = f'{__name__}.{name}'

@@ -59,8 +59,9 @@ def check_backend() -> None:
   Orbax or the training loop, `JAX_PLATFORMS=cuda` on a machine without CUDA surfaces as a double traceback
   or, caught by a checkpoint read, as a damaged checkpoint.
   """
-  import jax  # pylint: disable=g-import-not-at-top  (this module is imported by every CLI's argument parsing)
-  from jax.extend import backend  # pylint: disable=g-import-not-at-top
+  # jax (a second or more to import) only here: every CLI imports this module to parse its arguments.
+  import jax  # pylint: disable=g-import-not-at-top  (jax: see above)
+  from jax.extend import backend  # pylint: disable=g-import-not-at-top  (jax: see above)
   try:
     jax.devices()
     return

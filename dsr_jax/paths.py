@@ -3,6 +3,7 @@ TFDS builders): both exist so that a user's mistake fails before any work and an
 loses what was there before.
 """
 import os
+import pathlib
 import re
 import shutil
 import tempfile
@@ -42,7 +43,6 @@ def checkpoint_dir_around(path: str):
   A checkpoint directory holds an integer-named step directory with a step's contents (a run's
   checkpoints/, an export, a shipped checkpoint); requiring the contents keeps a user's numbered folders out.
   """
-  import pathlib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top  (JAX + Orbax: only where needed)
   real = pathlib.Path(os.path.realpath(path))
   for d in (real, *real.parents):

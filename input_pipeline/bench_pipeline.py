@@ -4,7 +4,10 @@ Builds exactly the pipeline training uses (pipeline.train_dataset), discards `--
 decoding, synthetic scene generation on first touch, worker start-up), then times `--iters` batches.
 """
 import argparse
+import json
 import time
+
+from absl import flags
 
 from dsr_jax.configs import default
 from dsr_jax import errors
@@ -44,7 +47,6 @@ def run(args) -> dict:
   config = config_for(args)
   if args.workers > 0:
     # grain's spawned workers read absl flags; under argparse nobody parsed them.
-    from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
   ds = pipeline.train_dataset(config, process_index=0, process_count=1)
@@ -75,7 +77,6 @@ def run(args) -> dict:
 
 
 if __name__ == '__main__':
-  import json  # pylint: disable=g-import-not-at-top
   p = errors.ArgumentParser(description=__doc__)
   add_args(p)
   print(json.dumps(run(p.parse_args())))

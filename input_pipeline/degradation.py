@@ -308,5 +308,6 @@ def add_noise(lr, sigma: float, rng):
     return lr
   if isinstance(rng, np.random.Generator):
     return (lr + sigma * rng.standard_normal(lr.shape)).astype(lr.dtype)
-  import jax  # pylint: disable=g-import-not-at-top
+  # jax only here: grain's worker processes import this module, and need no jax.
+  import jax  # pylint: disable=g-import-not-at-top  (see above)
   return lr + sigma * jax.random.normal(rng, lr.shape, lr.dtype)

@@ -54,8 +54,8 @@ def check_config(config) -> int:
 
 
 def check_train_config(config, process_count: int = 1) -> int:
-  """check_config's fields and the training set's: data.crop, data.lr_on_device, train.batch_size over the
-  processes, and one depth convention in data.name for cross-task training. Returns the scale."""
+  """check_config's fields and the training set's: data.crop, data.lr_on_device and train.batch_size over the
+  processes. Returns the scale."""
   scale = check_config(config)
   d = config.data
   if isinstance(d.crop, bool) or not isinstance(d.crop, int) or d.crop <= 0 or d.crop % scale:
@@ -66,14 +66,15 @@ def check_train_config(config, process_count: int = 1) -> int:
   if d.lr_on_device and (d.noise_sigma > 0 or d.degrade == 'random'):
     raise ConfigError('data.noise_sigma > 0 and data.degrade=\'random\' need data.lr_on_device=False (they '
                       'are made on the host)')
-  if config.model.use_denet:
-    _check_one_convention(d.name)
   return scale
 
 
-def _check_one_convention(name: str) -> None:
-  # docs/method.md, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
-  # one training mix would ask it for two contradictory mappings.
+def check_one_convention(name: str) -> None:
+  """data.name for cross-task training (train.check_config): datasets of one depth convention.
+
+  docs/method.md, rule 6: DENet maps RGB to depth; disparity (near = large) and metric depth (near = small) in
+  one training mix would ask it for two contradictory mappings.
+  """
   try:
     mix = readers.parse_mix(name)
   except DataError:
@@ -148,7 +149,8 @@ class EpochShuffle(grain.MapDataset):
 
   grain's `shuffle` maps every index through `index_shuffle`, whose per-call cost on small datasets
   capped the pipeline (BENCHMARKS.md). Here each epoch's permutation is drawn once,
-  np.random.default_rng([seed, epoch]), and looked up; it is still a pure function of (seed, index), so restores and worker slices are exact.
+  np.random.default_rng([seed, epoch]), and looked up; it is still a pure function of (seed, index), so
+  restores and worker slices are exact.
   """
 
   def __init__(self, parent: grain.MapDataset, *, seed: int):
@@ -237,7 +239,8 @@ def train_dataset(config, source=None, *, process_index=None, process_count=None
     (absent when data.lr_on_device), 'rgb' (B, crop, crop, 3), 'valid' (B, crop, crop, 1); all float32.
   """
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+    # jax only here: grain's worker processes import this module, and need no jax.
+    import jax  # pylint: disable=g-import-not-at-top  (see above)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:

@@ -32,6 +32,8 @@ from dsr_jax import paths
 from dsr_jax.errors import ArgumentParser
 from dsr_jax.errors import UserError
 from dsr_jax.input_pipeline import readers
+from dsr_jax.input_pipeline import sources
+from dsr_jax.input_pipeline import synthetic
 
 _CITATION = """\
 @inproceedings{sun2021learning,
@@ -131,7 +133,6 @@ class SyntheticRgbd(_Builder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    from dsr_jax.input_pipeline import sources, synthetic  # pylint: disable=g-import-not-at-top
     h, w = self.SIZE
     train = synthetic.SyntheticSource(self.NUM_TRAIN, h, w, sources.SYNTHETIC_TRAIN_SEED_OFFSET)
     val = synthetic.SyntheticSource(self.NUM_VAL, h, w, sources.SYNTHETIC_VAL_SEED_OFFSET)

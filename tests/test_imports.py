@@ -107,20 +107,36 @@ def test_no_private_jax_imports():
       assert not any(n == 'jax._src' or n.startswith('jax._src.') for n in names), name
 
 
+def _fresh(script: str, *args) -> subprocess.CompletedProcess:
+  # From the directory that holds the package, so that `python -c` finds it there in either layout.
+  return subprocess.run([sys.executable, '-c', script, *args], capture_output=True, text=True, timeout=600,
+                        cwd=pathlib.Path(dsr_jax.__file__).resolve().parents[1], check=False)
+
+
 def test_every_module_imports_in_a_fresh_interpreter():
-  """Each module imported by name, in an interpreter where nothing of the package was loaded before."""
-  script = ('import importlib, sys, traceback\n'
+  """Each module imported by name, in an interpreter where nothing of the package was loaded before, and none
+  changes the process's umask (what a user's files are created with)."""
+  script = ('import importlib, os, sys, traceback\n'
             'bad = []\n'
             'for name in sys.argv[1:]:\n'
+            '  before = os.umask(0o022); os.umask(before)\n'
             '  try:\n'
             '    importlib.import_module(name)\n'
             '  except Exception:\n'
             '    bad.append(name + ": " + traceback.format_exc().strip().splitlines()[-1])\n'
+            '  after = os.umask(0o022); os.umask(after)\n'
+            '  if after != before:\n'
+            '    bad.append(f"{name}: changed the umask from {before:o} to {after:o}")\n'
             'print("\\n".join(bad))\n'
             'sys.exit(1 if bad else 0)\n')
-  r = subprocess.run([sys.executable, '-c', script, *sorted(MODULES)], capture_output=True, text=True,
-                     timeout=600, check=False)
+  r = _fresh(script, *sorted(MODULES))
   assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+def test_importing_the_package_mounts_its_directories_and_nothing_else():
+  r = _fresh('import sys, dsr_jax\nprint(sorted(m for m in sys.modules if m.split(".")[0] == "dsr_jax"))')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.strip() == str(['dsr_jax', 'dsr_jax.configs', 'dsr_jax.input_pipeline']), r.stdout
 
 
 def test_modules_import_here_too():

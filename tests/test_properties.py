@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from dsr_jax import depth_io
 from dsr_jax import predict
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('fast_xla')]
@@ -139,7 +140,7 @@ def _png_file(tmp_path, bits: int, seed: int) -> pathlib.Path:
 def _refused(path) -> str:
   from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError) as e:
-    predict.read_depth(path)
+    depth_io.read_depth(path)
   assert str(path) in str(e.value) and '\n' not in str(e.value)
   return str(e.value)
 
@@ -168,7 +169,7 @@ def test_a_npy_whose_size_disagrees_with_its_header_is_refused(tmp_path, dtype, 
   a = np.asarray(np.random.default_rng(0).uniform(1, 2, (6, 7)), dtype=dtype)
   path = tmp_path / 'd.npy'
   np.save(path, np.asfortranarray(a) if fortran else a)
-  assert predict.read_depth(path)[0].shape == (6, 7)  # as saved: read
+  assert depth_io.read_depth(path)[0].shape == (6, 7)  # as saved: read
   data = path.read_bytes()
   path.write_bytes(data[:extra] if extra < 0 else data + bytes(extra))
   _refused(path)
@@ -209,8 +210,10 @@ def _wrong_values(ref):
 @pytest.mark.parametrize('field', sorted(_default_leaves()))
 def test_every_config_field_is_validated(field):
   """Every field of configs/default.py, given a value of the wrong type or an integer beyond int32, is refused
-  by config_lib.validate with a ConfigError naming it, before any data or JAX work."""
-  from dsr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  by each mode's checks (train.check_config, eval_config.check) with a ConfigError naming it, before any data
+  or JAX work."""
+  from dsr_jax import eval_config  # pylint: disable=g-import-not-at-top
+  from dsr_jax import train  # pylint: disable=g-import-not-at-top
   from dsr_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   ref = _default_leaves()[field]
   for value in _wrong_values(ref):
@@ -221,5 +224,5 @@ def test_every_config_field_is_validated(field):
         if field == 'eval.checkpoint_dir':
           continue
       with pytest.raises(ConfigError) as e:
-        config_lib.validate(config, mode=mode)
+        (train.check_config if mode == 'train' else eval_config.check)(config)
       assert str(e.value).startswith(f'{field}='), (field, value, str(e.value))

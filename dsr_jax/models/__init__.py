@@ -15,6 +15,7 @@ and the eval results read from them, name the dtype and form the network was tra
 import dataclasses
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 
 from dsr_jax.errors import ConfigError
@@ -73,7 +74,6 @@ def auto_bp_impl(backend: str) -> str:
 def _backend(backend):
   if backend is not None:
     return backend
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.default_backend()
 
 
