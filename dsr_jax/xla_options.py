@@ -6,8 +6,8 @@ slow: Eigen's run our train step and inference faster (BENCHMARKS.md). The choic
 never the user's; where XLA does not know the option (another jax version), it is dropped with a warning.
 """
 import functools
-import logging
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
