@@ -46,7 +46,7 @@ def checkpoint_dir_around(path: str):
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top  (JAX + Orbax: only where needed)
   real = pathlib.Path(os.path.realpath(path))
   for d in (real, *real.parents):
-    if any(restore._is_step_dir(d / str(s)) for s in restore.saved_steps(d)):  # pylint: disable=protected-access
+    if any(restore.is_step_dir(d / str(s)) for s in restore.saved_steps(d)):
       return str(d)
   return None
 

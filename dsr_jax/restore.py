@@ -45,7 +45,8 @@ def saved_steps(directory) -> list[int]:
     return []
 
 
-def _is_step_dir(path: pathlib.Path) -> bool:
+def is_step_dir(path: pathlib.Path) -> bool:
+  """Whether `path` holds one step of a checkpoint (its items, or Orbax's step metadata)."""
   return any((path / item).exists() for item in REQUIRED_ITEMS) or (path / '_CHECKPOINT_METADATA').exists()
 
 
@@ -119,7 +120,7 @@ def resolve_checkpoint(path) -> tuple[str, int]:
     raise UserError(f'checkpoint {p}: no such file or directory (expected {_EXPECTED})')
   if not p.is_dir():
     raise UserError(f'checkpoint {p}: not a directory (expected {_EXPECTED})')
-  if _is_step_dir(p):
+  if is_step_dir(p):
     if not p.name.isdigit():
       raise UserError(f'checkpoint {p}: a step directory must be named by its integer step (Orbax layout '
                       '<dir>/<step>/)')
