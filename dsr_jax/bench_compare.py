@@ -11,7 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from dsr_jax import bench
+from dsr_jax import bench_common
 from dsr_jax import bench_train
 from dsr_jax import errors
 from dsr_jax import xla_options
@@ -90,8 +90,8 @@ def cmd_compare(a) -> dict:
   peer_cmd = [sys.executable, a.peer, '--mode', a.mode, *shared] + (['--compile'] if a.peer_compile else [])
   runs = {'ours': [], 'peer': []}
   for _ in range(a.rounds):
-    runs['ours'].append(bench.run_json(ours_cmd))
-    runs['peer'].append(bench.run_json(peer_cmd))
+    runs['ours'].append(bench_common.run_json(ours_cmd))
+    runs['peer'].append(bench_common.run_json(peer_cmd))
   best = {k: max(r['images_per_s'] for r in v) for k, v in runs.items()}
   return {'mode': a.mode, 'ours_images_per_s': best['ours'], 'peer_images_per_s': best['peer'],
           'ratio': best['ours'] / best['peer'], 'rounds': a.rounds, 'peer_compile': a.peer_compile,
@@ -101,21 +101,21 @@ def cmd_compare(a) -> dict:
 
 def add_parsers(sub) -> None:
   p = sub.add_parser('dsrnet', help='DSRNet forward+backward: polyphase vs reference vs the peer')
-  bench.add_model_args(p)
+  bench_common.add_model_args(p)
   p.add_argument('--batch', type=errors.positive_int, default=4)
   p.add_argument('--hr', type=errors.positive_int, default=128)
   p.add_argument('--iters', type=errors.positive_int, default=3)
   p.add_argument('--impls', default='polyphase,reference')
-  p.add_argument('--peer', default=bench.PEER, help='path of torch_ctkt.py ("" to skip)')
+  p.add_argument('--peer', default=bench_common.PEER, help='path of torch_ctkt.py ("" to skip)')
   p.set_defaults(fn=cmd_dsrnet)
   p = sub.add_parser('compare', help='ours vs the PyTorch peer, alternately, same shapes')
   # The mode as a word (compare train_dsr) or as the peer spells it (compare --mode train_dsr), so that
   # one command line serves both.
   p.add_argument('mode', nargs='?', choices=list(MODES))
   p.add_argument('--mode', dest='mode_flag', choices=list(MODES), help='the same as the positional mode')
-  bench.add_model_args(p)
+  bench_common.add_model_args(p)
   bench_train.add_run_args(p)
   p.add_argument('--rounds', type=errors.positive_int, default=2)
-  p.add_argument('--peer', default=bench.PEER)
+  p.add_argument('--peer', default=bench_common.PEER)
   p.add_argument('--peer-compile', action='store_true', help='torch.compile the peer step')
   p.set_defaults(fn=cmd_compare)

@@ -1,6 +1,5 @@
 """The compiled-step rows of `python -m dsr_jax.bench`: train, infer and bf16, with their timing, FLOP count and
-profile. The CLI, the model flags and the parameter counts are in bench.py; compare and the peer in
-bench_compare.py.
+profile. The CLI is bench.py; compare and the peer are in bench_compare.py.
 """
 import argparse
 import functools
@@ -13,7 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from dsr_jax import bench
+from dsr_jax import bench_common
 from dsr_jax import errors
 from dsr_jax import xla_options
 
@@ -54,7 +53,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def bench_config(a):
   from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
-  c.model.update(bench.model_config(a))
+  c.model.update(bench_common.model_config(a))
   if a.phase == DSR_ONLY:
     c.model.use_denet = False
     c.model.use_spnet = False
@@ -163,7 +162,7 @@ def flops_on_cpu(a) -> float | None:
   CUDA one) cannot cost-analyse an unoptimised module, and the arithmetic does not depend on the backend."""
   import subprocess  # pylint: disable=g-import-not-at-top
   try:
-    return bench.run_json([sys.executable, '-m', 'dsr_jax.bench', *a.argv, '--flops-only'],
+    return bench_common.run_json([sys.executable, '-m', 'dsr_jax.bench', *a.argv, '--flops-only'],
                           env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=600).get('flops')
   except (RuntimeError, subprocess.TimeoutExpired):
     return None
@@ -206,7 +205,8 @@ def cmd_train(a) -> dict:
   st, fn = build_step(bench_config(a), a.phase, a.scale)
   # The w/o CT batch has no RGB: nothing reads it, and the trainer's pipeline would not need to make it.
   out = report(a, fn, (st, inputs(a, with_rgb=a.phase != DSR_ONLY)), donate=(0,))
-  out.update(mode='train', phase=a.phase, params={k: bench.count(v) for k, v in st.params.items()},
+  params = {k: bench_common.count(v) for k, v in st.params.items()}
+  out.update(mode='train', phase=a.phase, params=params,
              teacher_update=a.teacher_update, teacher_input=a.teacher_input, affinity=a.affinity,
              side_weight=a.side_weight, detach_uncertainty=not a.no_detach_uncertainty)
   return out
@@ -216,7 +216,7 @@ def cmd_infer(a) -> dict:
   """DSRNet test-time forward pass (no side heads, no RGB)."""
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
-  models = models_lib.build(bench.model_config(a))
+  models = models_lib.build(bench_common.model_config(a))
   params = state_lib.init_params(models, jax.random.key(0), a.scale)['dsr']
   lr = inputs(a, with_rgb=False)['lr_depth']
   fn = lambda p, x: models.dsr.apply({'params': p}, x)
@@ -268,7 +268,7 @@ def add_parsers(sub) -> None:
   for name, fn, helptext in (('train', cmd_train, 'one jitted train step'),
                              ('infer', cmd_infer, 'DSRNet inference')):
     p = sub.add_parser(name, help=helptext)
-    bench.add_model_args(p)
+    bench_common.add_model_args(p)
     add_run_args(p)
     p.add_argument('--flops-only', action='store_true',
                    help="only count the step's FLOPs from its unoptimised HLO (no compile, no timing; null off "
@@ -278,7 +278,7 @@ def add_parsers(sub) -> None:
                         'its ratio needs no FLOPs, and a lease is short)')
     p.set_defaults(fn=fn)
   p = sub.add_parser('bf16', help='loss curves of the same run in float32 and bfloat16 compute')
-  bench.add_model_args(p)
+  bench_common.add_model_args(p)
   add_run_args(p)
   p.add_argument('--steps', type=errors.positive_int, default=500)
   p.add_argument('--lr', type=float, default=1e-4)

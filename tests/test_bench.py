@@ -51,6 +51,16 @@ def test_train_dsr_only(capsys):
   assert r['step_s'] > 0 and r['flops'] > 0
 
 
+def test_parts_of_the_dsr_only_step(capsys):
+  status, out, _ = _run(capsys, ['parts', *TINY])
+  assert status == 0
+  r = json.loads(out)
+  assert r['phase'] == 'dsr_only' and r['rounds'] == 2
+  assert set(r['median_s']) == {'step', 'fwd', 'fwd_no_sides', 'fwd_bwd', 'fwd_bwd_no_sides', 'adam', 'bicubic'}
+  assert all(t > 0 for t in r['median_s'].values()) and r['share_of_step']['step'] == 1.0
+  assert set(r['derived_s']) == {'backward', 'side_heads_fwd', 'side_heads_fwd_bwd', 'adam_and_bookkeeping'}
+
+
 def test_flops_only_counts_the_unoptimised_step(capsys):
   """--flops-only lowers without compiling; its count is the one a full run reports as `flops`, and the CPU
   subprocess that a plugin backend (CUDA) falls back on gives the same number."""
