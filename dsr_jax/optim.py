@@ -10,7 +10,7 @@ import jax
 import optax
 
 from dsr_jax.errors import ConfigError
-from dsr_jax.state import NETS
+from dsr_jax.models import NETS
 
 
 def schedule(cfg, num_steps: int):

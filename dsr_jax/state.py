@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NETS = ('dsr', 'denet', 'spnet')  # every network's name, in the order of TrainState.updates
+from dsr_jax.models import NETS  # the order of TrainState.updates
 
 
 @flax.struct.dataclass
