@@ -24,7 +24,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from dsr_jax import errors
+from dsr_jax import resize
+from dsr_jax.input_pipeline import readers
 
 # name: (cpu_real.py variant, {config override: value}, what it is)
 ROWS = {
@@ -59,6 +63,9 @@ MODIFIERS = {
     # Fine-tuning the shipped protocol-trained DSRNet of the same scale ('{scale}' is filled in).
     'ft': ({'train.init_from': 'dsrnet_x{scale}_protocol'}, 'starts from the shipped dsrnet_x<s>_protocol'),
     'lr3e-4': ({f'optim.{n}.lr': 3e-4 for n in ('dsr', 'denet', 'spnet')}, 'learning rate 3e-4'),
+    # x16 crop candidates: the preset's 128 px crops give the network an 8x8 LR input.
+    'c256b1': ({'data.crop': 256, 'train.batch_size': 1}, 'crop 256, batch 1 (16x16 LR at x16)'),
+    'c192b2': ({'data.crop': 192, 'train.batch_size': 2}, 'crop 192, batch 2 (12x12 LR at x16)'),
 }
 __doc__ += '\n'.join(f'  {k:3s} {v[2]}' for k, v in ROWS.items()) + '\n  modifiers: ' + ', '.join(
     f'+{k} ({v[1]})' for k, v in MODIFIERS.items()) + '\n'
@@ -112,7 +119,6 @@ def _scalars(workdir: str) -> dict:
   """{tag: [(step, value), ...]} of every scalar in the run's TensorBoard events."""
   import glob  # pylint: disable=g-import-not-at-top
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   out = {}
   for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
     acc = event_accumulator.EventAccumulator(path, size_guidance={'tensors': 0})
@@ -152,17 +158,54 @@ def summarise_run(workdir: str, stage1_steps: int) -> dict:
           'grad_stage2_mean': grads, 'grad_ratio_stage2': ratios}
 
 
+def real_sensor_scenes(data_dir, scale: int):
+  """(name, HR mm, valid, LR normalised, norm) per RGB-D-D 'realscene' pair, LR as real_sensor_rmse's step 1."""
+  norm = readers.dataset_info('rgbdd').norm
+  for rec in readers.list_records(data_dir, 'rgbdd', 'realscene'):
+    ex = readers.load_example(rec)
+    hr, valid = ex['depth'].astype(np.float64), ex['valid'] > 0
+    lr = readers.load_depth_lr(rec).astype(np.float64)
+    th, tw = -(-hr.shape[0] // scale), -(-hr.shape[1] // scale)
+    lr = resize.resize(lr, th / lr.shape[0], tw / lr.shape[1], 'bicubic')
+    yield rec.name, hr, valid, lr[:th, :tw] / norm, norm
+
+
+def rmse_cm(pred_mm, hr_mm, valid) -> float:
+  """RMSE in cm over the valid pixels of a millimetre map (the RGB-D-D unit)."""
+  return float(np.sqrt(np.mean((pred_mm[valid] - hr_mm[valid]) ** 2)) / 10.0)
+
+
+def real_sensor_rmse(dsr, params, data_dir, scale: int) -> dict:
+  """RGB-D-D 'realscene': the data's only real LR inputs (phone time-of-flight, 192x144) against a 512x384 HR.
+
+  A fixed-scale network needs an LR of exactly HR/s, and the real ratio is 2.67, so the protocol is:
+  1. LR = the real LR map (mm), resized to ceil(HR/s) with the evaluation's MATLAB-style bicubic (antialiased
+     when it shrinks, as at x4 and x8), normalised by the rgbdd norm (4000 mm);
+  2. prediction = DSRNet (or bicubic) on that LR, cropped to the HR size;
+  3. RMSE in cm over the HR's valid pixels (the literature's RGB-D-D unit), no border crop.
+  Returns {'per_scene': {name: {'rmse_cm', 'bicubic_rmse_cm'}}, 'mean': {...}, 'protocol': str}.
+  """
+  from dsr_jax import inference  # pylint: disable=g-import-not-at-top  (JAX: the realscene row alone needs it)
+  per_scene = {}
+  for name, hr, valid, lr, norm in real_sensor_scenes(data_dir, scale):
+    h, w = hr.shape
+    ours = inference.super_resolve(dsr, params, lr.astype(np.float32))[:h, :w] * norm
+    bic = resize.upsample_bicubic(lr, scale)[:h, :w] * norm
+    per_scene[name] = {'rmse_cm': rmse_cm(ours, hr, valid), 'bicubic_rmse_cm': rmse_cm(bic, hr, valid)}
+  mean = {k: float(np.mean([v[k] for v in per_scene.values()])) for k in ('rmse_cm', 'bicubic_rmse_cm')}
+  return {'per_scene': per_scene, 'mean': mean,
+          'protocol': f'real LR bicubic-resized to HR/{scale}, x{scale}, RMSE cm over valid HR pixels'}
+
+
 def real_sensor(checkpoint: str, data_dir: str) -> dict:
-  """evaluate.real_sensor (RGB-D-D realscene, RMSE cm) of a checkpoint's DSRNet, with bicubic beside it."""
-  from dsr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  """real_sensor_rmse (RGB-D-D realscene, RMSE cm) of a checkpoint's DSRNet, with bicubic beside it."""
   from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   from dsr_jax import restore  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import readers  # pylint: disable=g-import-not-at-top
   cfg, params = restore.load_for_inference(checkpoint)
   root = readers.resolve_data_dir(data_dir)
   if not (root / 'rgbdd' / 'realscene').is_dir():  # an optional split of the data
     return None
-  return evaluate.real_sensor(models_lib.build(cfg.model).dsr, params, str(root), int(cfg.model.scale))
+  return real_sensor_rmse(models_lib.build(cfg.model).dsr, params, str(root), int(cfg.model.scale))
 
 
 def _get(cfg, dotted: str):

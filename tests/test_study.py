@@ -1,5 +1,5 @@
 """dsr_jax.study: rows, the table written from stored results only, skipping finished runs; the real-sensor
-protocol of evaluate.real_sensor."""
+protocol of study.real_sensor_rmse."""
 import json
 import os
 
@@ -39,11 +39,12 @@ def test_rows_and_modifiers():
 
 def test_every_row_and_modifier_is_a_valid_config():
   from dsr_jax import config_lib
+  from dsr_jax import train
   path = os.path.join(study.REPO, 'configs', 'cpu_real.py')
   for row in list(study.ROWS) + [f'G+{m}' for m in study.MODIFIERS]:
     arg, overrides, _ = study.row_spec(row, 4)
     cfg = config_lib.load_config(path, arg, **overrides)  # an override of a field that does not exist fails
-    config_lib.validate(cfg, 'train')
+    train.check_config(cfg)
     for k, v in overrides.items():
       assert study._get(cfg, k) == v, (row, k)  # pylint: disable=protected-access
 
@@ -119,7 +120,6 @@ def test_a_workdir_left_by_another_run_is_not_resumed(tmp_path, monkeypatch):
 def test_real_sensor_protocol_bicubic_identity(shared_data_dir):
   """A DSRNet whose output conv is zero is exactly its bicubic residual: its RMSE must equal bicubic's."""
   from dsr_jax.configs import test as test_config
-  from dsr_jax import evaluate
   from dsr_jax import models as models_lib
   from dsr_jax import state as state_lib
   cfg = test_config.get_config()
@@ -127,7 +127,7 @@ def test_real_sensor_protocol_bicubic_identity(shared_data_dir):
   models = models_lib.build(cfg.model)
   params = state_lib.init_params(models, jax.random.key(0), cfg.model.scale)['dsr']
   params['tail'] = jax.tree.map(np.zeros_like, params['tail'])
-  r = evaluate.real_sensor(models.dsr, params, str(shared_data_dir), cfg.model.scale)
+  r = study.real_sensor_rmse(models.dsr, params, str(shared_data_dir), cfg.model.scale)
   assert len(r['per_scene']) == 3
   for v in r['per_scene'].values():
     assert 0 < v['bicubic_rmse_cm'] < 100
