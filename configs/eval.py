@@ -1,4 +1,4 @@
-"""Eval mode on one dataset's test split: `configs/eval.py:<dataset>` (protocols in dsr_jax/evaluate.py).
+"""Eval mode on one dataset's test split: `configs/eval.py:<dataset>` (protocols: input_pipeline/readers.py).
 
   python -m dsr_jax.main --config configs/eval.py:middlebury2005 --workdir W \
       --config.eval.checkpoint_dir=C --config.data.dir=DATA

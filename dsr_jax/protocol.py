@@ -1,5 +1,5 @@
 """How a dataset is scored (each DatasetSpec in input_pipeline/readers.py holds one, readers.PROTOCOLS maps the
-names; dsr_jax/evaluate.py applies it), and what else eval mode scores against."""
+names; dsr_jax/metrics.py applies it), and what else eval mode scores against."""
 import dataclasses
 
 from dsr_jax import resize

@@ -29,7 +29,7 @@ from dsr_jax.configs import default
 from dsr_jax.errors import UserError
 from dsr_jax.errors import one_line
 
-BEST_DIR = checkpointing.BEST_DIR  # written by training (train.keep_best)
+BEST_DIR = checkpointing.BEST_DIR  # written by training (trainer.Checkpoints.keep_best)
 CKPT_DIR = 'checkpoints'
 REQUIRED_ITEMS = ('params', 'config')
 _EXPECTED = ('a shipped name (dsrnet_x4, dsrnet_x8, dsrnet_x4_protocol, ...), a training workdir, its checkpoints/ directory, or one '
