@@ -14,13 +14,13 @@ from dsr_jax import bench_compare
 from dsr_jax import bench_parts
 from dsr_jax import bench_train
 from dsr_jax import errors
+from dsr_jax import models as models_lib
 # The shared helpers, under the names other modules and tests use (bench.count, bench.PEER, ...).
 from dsr_jax.bench_common import (  # pylint: disable=unused-import
     PEER, abstract_params, add_model_args, count, model_config)
 
 
 def cmd_params(a) -> dict:
-  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
   models = models_lib.build(model_config(a))
   params = abstract_params(models, a.scale)
   return {'params': {k: count(v) for k, v in params.items()}, 'scale': a.scale, 'stages': a.stages,
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
   bench_train.add_parsers(sub)
   bench_parts.add_parser(sub)
   try:
-    from dsr_jax.input_pipeline import bench_pipeline  # pylint: disable=g-import-not-at-top
+    # Optional: it needs grain, which a bare accelerator machine may lack; the other rows do not.
+    from dsr_jax.input_pipeline import bench_pipeline  # pylint: disable=g-import-not-at-top  (see above)
     p = sub.add_parser('pipeline', help='grain input-pipeline throughput')
     bench_pipeline.add_args(p)
     p.set_defaults(fn=bench_pipeline.run)
@@ -49,10 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   a = build_parser().parse_args(argv)
   a.argv = list(sys.argv[1:] if argv is None else argv)
-  from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     result = a.fn(a)
-  except UserError as e:
+  except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(json.dumps(result))

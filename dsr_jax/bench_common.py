@@ -4,11 +4,14 @@ reading a child's JSON line. The row modules import this one, never bench.py (th
 import argparse
 import json
 import os
+import subprocess
 
 import jax
 import ml_collections
 
+from dsr_jax import state as state_lib
 from dsr_jax import xla_options
+from dsr_jax.configs import default
 
 # The PyTorch peer, beside the checkout in the developers' layout; pass --peer for another location.
 PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -31,7 +34,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def model_config(a) -> ml_collections.ConfigDict:
   """The default config's model section with the benchmark's sizes (one place for every other default)."""
-  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
   m = default.get_config().model
   m.update(dict(scale=a.scale, stages=a.stages, channels=a.channels, feat=a.feat, de_blocks=a.de_blocks,
                 bp_impl=a.bp_impl, dtype=a.dtype, teacher_input=a.teacher_input))
@@ -44,13 +46,11 @@ def count(tree) -> int:
 
 def abstract_params(models, scale: int):
   """Parameter shapes via eval_shape of the training init: nothing is computed or allocated."""
-  from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   return jax.eval_shape(lambda: state_lib.init_params(models, jax.random.key(0), scale))
 
 
 def run_json(cmd, env=None, timeout=None):
   """The last JSON line a command prints; RuntimeError if it fails or prints none."""
-  import subprocess  # pylint: disable=g-import-not-at-top
   r = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout)
   lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
   if r.returncode or not lines:

@@ -15,6 +15,7 @@ from dsr_jax import bench_common
 from dsr_jax import bench_train
 from dsr_jax import errors
 from dsr_jax import xla_options
+from dsr_jax.models.dsrnet import DSRNet
 
 # compare's modes: the peer's --mode, and the `bench` command and phase that time the same step on our side.
 MODES = {'train': ('train', 'dsr_student'), 'train_dsr': ('train', bench_train.DSR_ONLY), 'infer': ('infer', None)}
@@ -38,7 +39,6 @@ def _load_peer(path: str):
 
 def cmd_dsrnet(a) -> dict:
   """DSRNet forward+backward (L1 loss) per back-projection form, and the peer's DSRNet, in one run."""
-  from dsr_jax.models.dsrnet import DSRNet  # pylint: disable=g-import-not-at-top
   key = jax.random.key(0)
   lr = jax.random.uniform(key, (a.batch, a.hr // a.scale, a.hr // a.scale, 1))
   hr = jax.random.uniform(jax.random.key(1), (a.batch, a.hr, a.hr, 1))
@@ -52,7 +52,8 @@ def cmd_dsrnet(a) -> dict:
     jax.block_until_ready(fb(params))  # compile + warm-up, excluded
     out['step_s'][impl] = _median_time(lambda: jax.block_until_ready(fb(params)), a.iters)
   if a.peer and importlib.util.find_spec('torch') is not None and os.path.exists(a.peer):
-    import torch  # pylint: disable=g-import-not-at-top
+    # torch is optional and seconds to import: only where the peer runs.
+    import torch  # pylint: disable=g-import-not-at-top  (see above)
     peer = _load_peer(a.peer)
     net = peer.DSRNet(a.scale, a.channels, a.feat, a.stages)
     tlr = torch.rand(a.batch, 1, a.hr // a.scale, a.hr // a.scale)
@@ -69,12 +70,11 @@ def cmd_dsrnet(a) -> dict:
 
 def cmd_compare(a) -> dict:
   """Ours and the PyTorch peer, alternately in fresh processes on identical shapes; ratio = ours / peer."""
-  from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   if not (a.mode or a.mode_flag) or (a.mode and a.mode_flag and a.mode != a.mode_flag):
-    raise UserError(f'compare: expected one mode, as a word or as --mode (one of {", ".join(MODES)})')
+    raise errors.UserError(f'compare: expected one mode, as a word or as --mode (one of {", ".join(MODES)})')
   a.mode = a.mode or a.mode_flag
   if not os.path.exists(a.peer) or importlib.util.find_spec('torch') is None:
-    raise UserError(f'--peer {a.peer}: the PyTorch peer (and torch) are needed for compare')
+    raise errors.UserError(f'--peer {a.peer}: the PyTorch peer (and torch) are needed for compare')
   ours_sub, phase = MODES[a.mode]
   shared = ['--scale', a.scale, '--stages', a.stages, '--channels', a.channels, '--feat', a.feat,
             '--de-blocks', a.de_blocks, '--affinity-pool', a.affinity_pool, '--batch', a.batch, '--hr', a.hr,

@@ -16,13 +16,13 @@ import optax
 
 from dsr_jax import bench_common
 from dsr_jax import bench_train
+from dsr_jax import losses
 from dsr_jax import xla_options
+from dsr_jax.models import dsrnet
 
 
 def _parts(a):
   """{name: zero-argument callable that runs one part and returns what to wait for}."""
-  from dsr_jax import losses  # pylint: disable=g-import-not-at-top
-  from dsr_jax.models import dsrnet  # pylint: disable=g-import-not-at-top
   a.phase = bench_train.DSR_ONLY
   c = bench_train.bench_config(a)
   st, step_fn = bench_train.build_step(c, a.phase, a.scale)

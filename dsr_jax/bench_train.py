@@ -2,19 +2,31 @@
 profile. The CLI is bench.py; compare and the peer are in bench_compare.py.
 """
 import argparse
+import collections
 import functools
+import glob
+import gzip
+import itertools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dsr_jax import bench_common
 from dsr_jax import errors
+from dsr_jax import models as models_lib
+from dsr_jax import optim
+from dsr_jax import roles
+from dsr_jax import state as state_lib
+from dsr_jax import steps
 from dsr_jax import xla_options
+from dsr_jax.configs import default
 
 # The DSRNet-alone step ("w/o CT", configs/cpu_real.py:x4,wo_ct): DENet and SPNet are not built, and the phase
 # is the trainer's own 'dsr_only'. The peer's counterpart is --mode train_dsr.
@@ -51,7 +63,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def bench_config(a):
-  from dsr_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model.update(bench_common.model_config(a))
   if a.phase == DSR_ONLY:
@@ -72,8 +83,6 @@ def bench_config(a):
 def build_step(c, phase_name: str, scale: int):
   """(initial state, train_step with everything but (state, batch) bound) for one phase of config c: the
   networks, optimizers and phase the trainer builds for it."""
-  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
-  from dsr_jax import optim, roles, state as state_lib, steps  # pylint: disable=g-import-not-at-top
   models = models_lib.build(c.model)
   tx = optim.make(c, tuple(models.nets()))
   st = jax.jit(functools.partial(state_lib.create, models, tx, scale=scale))(jax.random.key(0))
@@ -83,16 +92,15 @@ def build_step(c, phase_name: str, scale: int):
 
 
 def hr_hw(a) -> tuple[int, int]:
-  from dsr_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   if not getattr(a, 'hr_hw', ''):
     h = w = a.hr
   else:
     try:
       h, w = (int(v) for v in a.hr_hw.lower().split('x'))
     except ValueError:
-      raise UserError(f'--hr-hw {a.hr_hw!r}: expected HxW, e.g. 1080x1320') from None
+      raise errors.UserError(f'--hr-hw {a.hr_hw!r}: expected HxW, e.g. 1080x1320') from None
   if min(h, w) < a.scale or h % a.scale or w % a.scale:
-    raise UserError(f'--hr-hw/--hr {h}x{w}: expected both sides positive multiples of --scale {a.scale}')
+    raise errors.UserError(f'--hr-hw/--hr {h}x{w}: expected both sides positive multiples of --scale {a.scale}')
   return h, w
 
 
@@ -130,9 +138,6 @@ def top_ops(trace_dir: str, calls: int, k: int = 15) -> list[dict]:
   Times are summed over threads (ops on different threads overlap), so they rank ops; they do not add
   up to the wall time.
   """
-  import collections  # pylint: disable=g-import-not-at-top
-  import glob  # pylint: disable=g-import-not-at-top
-  import gzip  # pylint: disable=g-import-not-at-top
   files = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)
   if not files:
     return []
@@ -160,7 +165,6 @@ def _flops(stage):
 def flops_on_cpu(a) -> float | None:
   """The same command's model FLOPs, counted by a CPU process: backends reached through a PJRT plugin (the
   CUDA one) cannot cost-analyse an unoptimised module, and the arithmetic does not depend on the backend."""
-  import subprocess  # pylint: disable=g-import-not-at-top
   try:
     return bench_common.run_json([sys.executable, '-m', 'dsr_jax.bench', *a.argv, '--flops-only'],
                           env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=600).get('flops')
@@ -214,8 +218,6 @@ def cmd_train(a) -> dict:
 
 def cmd_infer(a) -> dict:
   """DSRNet test-time forward pass (no side heads, no RGB)."""
-  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
-  from dsr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   models = models_lib.build(bench_common.model_config(a))
   params = state_lib.init_params(models, jax.random.key(0), a.scale)['dsr']
   lr = inputs(a, with_rgb=False)['lr_depth']
@@ -228,9 +230,8 @@ def cmd_infer(a) -> dict:
 def cmd_bf16(a) -> dict:
   """The same training run in float32 and in bfloat16 compute (float32 params and optimizer), from the same
   initial state on the same batches (the embedded synthetic data): do the loss curves track?"""
-  import itertools  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  # grain (and TensorFlow where installed) load with the pipeline: only this row reads data.
+  from dsr_jax.input_pipeline import pipeline  # pylint: disable=g-import-not-at-top  (see above)
   c = bench_config(a)
   c.data.name = 'synthetic_rgbd'
   c.data.synthetic.size = (max(a.hr, 32),) * 2
