@@ -163,13 +163,28 @@ def table(found: dict) -> str:
   return '\n'.join(out)
 
 
+def summary(found: dict) -> str:
+  """Markdown for the README: a row per LR, a column per checkpoint (by scale), each cell the mean ratio
+  ours / bicubic, starred where the row misses the goal; the scores behind it are in TABLE.md."""
+  cols = [(scale, lb) for scale in sorted(found) for lb in sorted(found[scale])]
+  out = ['| LR made by | ' + ' | '.join(f'`{lb}`' for _, lb in cols) + ' |', '|' + ' --- |' * (1 + len(cols))]
+  for row in ROWS:
+    cells = [found[scale][lb].get(row) for scale, lb in cols]
+    if not any(cells):
+      continue
+    out.append(f'| {row} | ' + ' | '.join(
+        '-' if c is None else f'{c["ratio"]:.2f}' + ('' if meets(c, row) else '*') for c in cells) + ' |')
+  return '\n'.join(out) + '\n'
+
+
 def write_table(out: str, readme: str = '') -> str:
   from dsr_jax import study  # pylint: disable=g-import-not-at-top
-  text = table(load(out))
+  found = load(out)
+  text = table(found)
   with open(os.path.join(out, 'TABLE.md'), 'w') as f:
     f.write('# Robustness (written by `python -m dsr_jax.robustness`; do not edit)\n\n' + text)
   if readme:
-    study.write_block(readme, README_BEGIN, README_END, text)
+    study.write_block(readme, README_BEGIN, README_END, summary(found))
   return text
 
 
@@ -181,7 +196,7 @@ def build_parser():
   p.add_argument('--rows', default=','.join(ROWS), help=f'comma list of rows (default: all of {", ".join(ROWS)})')
   p.add_argument('--out', default='results/robustness', help='where the eval JSON files and TABLE.md go')
   p.add_argument('--data-dir', default='', help='the data directory (default: $DSR_DATA_DIR)')
-  p.add_argument('--readme', default='', help='also rewrite the robustness block of this Markdown file')
+  p.add_argument('--readme', default='', help="also rewrite this Markdown file's robustness block (the ratios only)")
   p.add_argument('--table-only', action='store_true', help='only rewrite the table from stored results')
   p.add_argument('--registration', action='store_true',
                  help='write <out>/realscene_registration.json: how the real LR sits against its ground truth')
