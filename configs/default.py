@@ -94,6 +94,15 @@ def get_config(arg=None):
   # Test time is DSRNet alone either way.
   m.teacher_input = 'rgb'
   m.teacher_residual = True  # 'rgbd' only: DENet adds the bicubic upsampled LR to its outputs, as DSRNet does.
+  # docs/method.md, "Frozen teachers" (issue 39): a trained network that sees more than the LR teaches DSRNet.
+  # '' = none | 'guided' (LR depth + the HR RGB through its own encoder) | 'ae' (an autoencoder of the HR
+  # depth). The same names as model.name train such a teacher alone (model.use_denet=False); as model.teacher
+  # it is loaded from model.teacher_checkpoint and frozen: forward pass only, no optimizer update.
+  m.teacher = ''
+  m.teacher_checkpoint = ''  # the teacher's training workdir (its best checkpoint) or a step directory
+  m.teacher_width = 32  # (choice) W: the guided teachers' encoder and fusion width
+  m.teacher_blocks = 2  # (choice) R: residual blocks at the LR grid after the fusion (0 = none)
+  m.ae_rgb = False  # 'ae' only: the autoencoder also sees the HR RGB beside the HR depth
 
   # ---------------------------------------------------------------- losses
   c.loss = l = ml_collections.ConfigDict()
@@ -115,6 +124,14 @@ def get_config(arg=None):
   # docs/method.md, rule 4: SPNet's uncertainty branch sees stop_gradient(D) - D_hr, so L_struct cannot
   # reward a network for shaping its error like the depth edges; the features F^T still get SPNet's gradient.
   l.detach_uncertainty = True
+  # With model.teacher only (docs/method.md, "Frozen teachers"); each term reaches DSRNet alone.
+  # L_O from the teacher: mean|D_sr - D_t| + side_weight * (1/T) sum_n mean|D^n_sr - D^n_t| (0 = off).
+  l.kd_out_weight = 0.1  # (choice) rho2's value
+  # The feature term on the T feature maps (the same shapes in DSRNet and the teacher): 'l1' = mean |F - F_t|,
+  # 'cosine' = mean of 1 - cos(F, F_t) per pixel (scale-free), 'none' = off.
+  l.feature_distill = 'none'
+  l.kd_feature_weight = 0.1  # (choice)
+  l.kd_affinity_weight = 0.0  # L_A from the teacher (loss.affinity, affinity_pool, affinity_tau); 0 = off
 
   # ---------------------------------------------------------------- optimisation
   c.optim = o = ml_collections.ConfigDict()

@@ -83,6 +83,9 @@ _RANGES = (
     ('loss.side_weight', float, 0.0, None, False),
     ('loss.affinity_tau', float, 0.0, None, True),
     ('loss.affinity_pool', int, 1, None, False),
+    ('loss.kd_out_weight', float, 0.0, None, False),
+    ('loss.kd_feature_weight', float, 0.0, None, False),
+    ('loss.kd_affinity_weight', float, 0.0, None, False),
     ('train.num_steps', int, 1, None, False),
     ('train.round_steps', int, 1, None, False),
     ('train.batch_size', int, 1, None, False),
@@ -105,6 +108,8 @@ _RANGES = (
     ('model.feat', int, 1, None, False),
     ('model.stages', int, 1, None, False),
     ('model.de_blocks', int, 1, None, False),
+    ('model.teacher_width', int, 1, None, False),
+    ('model.teacher_blocks', int, 0, None, False),
     ('ckpt.every_steps', int, 1, None, False),
     ('ckpt.keep', int, 1, None, False),
 )

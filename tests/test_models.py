@@ -23,7 +23,7 @@ SCALES = (2, 4, 8, 16)
 def tiny_cfg(**kw):
   base = dict(name='dsrnet', scale=4, channels=4, feat=8, stages=2, de_blocks=1, residual=True, bp_impl='polyphase',
               dtype='float32', use_denet=True, use_spnet=True, side_residual=False, teacher_input='rgb',
-              teacher_residual=True)
+              teacher_residual=True, teacher='', teacher_width=4, teacher_blocks=1, ae_rgb=False)
   base.update(kw)
   return ml_collections.ConfigDict(base)
 

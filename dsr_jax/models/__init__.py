@@ -8,6 +8,12 @@ and, called with `train=True`, returns a `NetOutput` (depth, feats, sides): the 
 partners are the registry's 'denet' and 'spnet' (model.use_denet, model.use_spnet). Adding a network is one
 `@register` builder here and `--config.model.name=<it>`.
 
+A network whose inputs are more than the LR depth says so with `input_keys()`, the batch keys of its
+positional inputs in order (`input_keys` here; DSRNet has none and reads the LR alone). The frozen teachers
+('guided', 'ae': guided.py) are such networks: `model.name=<it>` trains one alone, and `model.teacher=<it>`
+builds one beside DSRNet, as `Models.teacher`, for distillation from a checkpoint (docs/method.md, "Frozen
+teachers").
+
 `model.dtype` and `model.bp_impl` may be 'auto': each backend's choice (`auto_dtype`, `auto_bp_impl`). A run
 resolves them once (`resolve_config`, in train) before it builds anything, so its checkpoints' saved configs,
 and the eval results read from them, name the dtype and form the network was trained with.
@@ -22,12 +28,14 @@ from dsr_jax.errors import ConfigError
 from dsr_jax.models.denet import DENet
 from dsr_jax.models.dsrnet import DSRNet
 from dsr_jax.models.dsrnet import validate
+from dsr_jax.models.guided import GuidedDSR
 from dsr_jax.models.layers import BP_IMPLS
 from dsr_jax.models.output import NetOutput  # pylint: disable=unused-import
 from dsr_jax.models.spnet import SPNet
 
 NETS = ('dsr', 'denet', 'spnet')
 TEACHER_INPUTS = ('rgb', 'rgbd')
+TEACHERS = ('guided', 'ae')  # model.teacher: the registered networks a frozen teacher may be
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 AUTO = 'auto'
 # jax.default_backend() says 'gpu' for CUDA and ROCm; JAX_PLATFORMS and a device's platform may say 'cuda'/'rocm'.
@@ -50,10 +58,23 @@ class Models:
   spnet: Any  # SPNet or None
   dtype: str = 'float32'  # the compute dtype they were built with ('auto' resolved)
   bp_impl: str = 'polyphase'  # DSRNet's back-projection form ('auto' resolved)
+  teacher: Any = None  # model.teacher's frozen network, or None; never optimised, so not in nets()
 
   def nets(self) -> dict:
-    """{'dsr': module, 'denet': ..., 'spnet': ...} for the networks that exist, in NETS order."""
+    """{'dsr': module, 'denet': ..., 'spnet': ...} for the networks that exist, in NETS order: the ones that
+    have an optimizer."""
     return {k: getattr(self, k) for k in NETS if getattr(self, k) is not None}
+
+
+def input_keys(net) -> tuple:
+  """The batch keys of a network's positional inputs, in order: ('lr_depth',) unless it says otherwise."""
+  keys = getattr(net, 'input_keys', None)
+  return tuple(keys()) if keys is not None else ('lr_depth',)
+
+
+def reads_more_than_lr(net) -> bool:
+  """Whether a network needs more than the LR depth (a teacher): it cannot run where only the LR is given."""
+  return input_keys(net) != ('lr_depth',)
 
 
 def auto_dtype(backend: str) -> str:
@@ -121,6 +142,22 @@ def _dsrnet(m, dt):
                 side_residual=m.side_residual, impl=m.bp_impl, dtype=dt)
 
 
+def _guided_kw(m, dt) -> dict:
+  return dict(scale=m.scale, channels=m.channels, feat=m.feat, stages=m.stages, width=m.teacher_width,
+              blocks=m.teacher_blocks, residual=m.residual, side_residual=m.side_residual, impl=m.bp_impl,
+              dtype=dt)
+
+
+@register('guided')
+def _guided(m, dt):
+  return GuidedDSR(**_guided_kw(m, dt), guides=('rgb',))
+
+
+@register('ae')
+def _ae(m, dt):
+  return GuidedDSR(**_guided_kw(m, dt), guides=('hr_depth', 'rgb') if m.ae_rgb else ('hr_depth',))
+
+
 @register('denet')
 def _denet(m, dt):
   rgbd = m.teacher_input == 'rgbd'
@@ -152,6 +189,9 @@ def check(model_cfg) -> None:
   if model_cfg.teacher_input not in TEACHER_INPUTS:
     raise ConfigError(f'model.teacher_input={model_cfg.teacher_input!r}: expected one of '
                       f'{", ".join(map(repr, TEACHER_INPUTS))}')
+  if model_cfg.teacher not in ('', *TEACHERS):
+    raise ConfigError(f'model.teacher={model_cfg.teacher!r}: expected \'\' (none) or one of '
+                      f'{", ".join(map(repr, TEACHERS))}')
 
 
 def build(model_cfg, backend: str | None = None) -> Models:
@@ -163,4 +203,5 @@ def build(model_cfg, backend: str | None = None) -> Models:
   use_de = model_cfg.use_denet
   denet = REGISTRY['denet'](model_cfg, dt) if use_de else None
   spnet = REGISTRY['spnet'](model_cfg, dt) if use_de and model_cfg.use_spnet else None
-  return Models(dsr, denet, spnet, dtype=model_cfg.dtype, bp_impl=model_cfg.bp_impl)
+  teacher = REGISTRY[model_cfg.teacher](model_cfg, dt) if model_cfg.teacher else None
+  return Models(dsr, denet, spnet, dtype=model_cfg.dtype, bp_impl=model_cfg.bp_impl, teacher=teacher)

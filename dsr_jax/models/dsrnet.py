@@ -45,28 +45,35 @@ class DSRNet(nn.Module):
 
   @nn.compact
   def __call__(self, lr, train: bool = False):
-    s, c = self.scale, self.channels
-    kw = dict(channels=c, scale=s, impl=self.impl, dtype=self.dtype)
-    x = layers.Shallow(self.feat, c, self.dtype, name='shallow')(lr)
-    h = layers.UpProjection(**kw, name='up_0')(x)
-    feats = [h]
-    for n in range(1, self.stages):
-      h = layers.UpProjection(**kw, name=f'up_{n}')(layers.DownProjection(**kw, name=f'down_{n}')(h))
-      feats.append(h)
-    if self.impl == 'polyphase':
-      feats = [layers.groups_to_hr(f, s) for f in feats]
-    out = layers.Conv(1, 3, self.dtype, name='tail')(feats)  # = conv of the concatenated feats
-    out = out.astype(jnp.float32)
-    base = bicubic_upsample(lr.astype(jnp.float32), s) if self.residual else None
-    if base is not None:
-      out = out + base
-    if not train:
-      return out
-    sides = [layers.SideHead(c, self.dtype, name=f'side_{n}')(f).astype(jnp.float32)
-             for n, f in enumerate(feats)]
-    if base is not None and self.side_residual:
-      sides = [d + base for d in sides]
-    return NetOutput(depth=out, feats=tuple(feats), sides=tuple(sides))
+    x = layers.Shallow(self.feat, self.channels, self.dtype, name='shallow')(lr)
+    return body_and_heads(self, x, lr, train)
+
+
+def body_and_heads(net, x, lr, train: bool):
+  """DSRNet from its LR features `x` on: the back-projection body, the output conv with the bicubic residual
+  of `lr`, and (train) the side heads. Called inside `net`'s compact __call__, so the layers are `net`'s;
+  the guided teachers (guided.py) share it, which gives their feature maps DSRNet's shapes."""
+  s, c = net.scale, net.channels
+  kw = dict(channels=c, scale=s, impl=net.impl, dtype=net.dtype)
+  h = layers.UpProjection(**kw, name='up_0')(x)
+  feats = [h]
+  for n in range(1, net.stages):
+    h = layers.UpProjection(**kw, name=f'up_{n}')(layers.DownProjection(**kw, name=f'down_{n}')(h))
+    feats.append(h)
+  if net.impl == 'polyphase':
+    feats = [layers.groups_to_hr(f, s) for f in feats]
+  out = layers.Conv(1, 3, net.dtype, name='tail')(feats)  # = conv of the concatenated feats
+  out = out.astype(jnp.float32)
+  base = bicubic_upsample(lr.astype(jnp.float32), s) if net.residual else None
+  if base is not None:
+    out = out + base
+  if not train:
+    return out
+  sides = [layers.SideHead(c, net.dtype, name=f'side_{n}')(f).astype(jnp.float32)
+           for n, f in enumerate(feats)]
+  if base is not None and net.side_residual:
+    sides = [d + base for d in sides]
+  return NetOutput(depth=out, feats=tuple(feats), sides=tuple(sides))
 
 
 def validate(*, scale=None, channels=None, feat=None, stages=None, de_blocks=None, impl=None,

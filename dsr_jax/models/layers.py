@@ -227,6 +227,7 @@ class Conv(nn.Module):
   features: int
   kernel_size: int = 3
   dtype: Any = jnp.float32
+  stride: int = 1  # > 1: a strided conv, 'same' padding (the guided teachers' encoder: HR down to LR)
 
   @nn.compact
   def __call__(self, x):
@@ -240,7 +241,10 @@ class Conv(nn.Module):
     for p in parts:
       wp = w[:, :, start:start + p.shape[-1]]
       start += p.shape[-1]
-      y = _conv_same(p.astype(self.dtype), wp)
+      if self.stride > 1:
+        y = conv(p.astype(self.dtype), wp, stride=self.stride, padding=((k // 2, k // 2),) * 2)
+      else:
+        y = _conv_same(p.astype(self.dtype), wp)
       out = y if out is None else out + y
     return out + b.astype(self.dtype)
 
