@@ -96,7 +96,7 @@ class Evaluator:
                  b['rgb'][i], float(b['norm'][i]))
 
   def __call__(self, predict: Callable, *, estimate: Callable | None = None, baseline: bool = False,
-               on_image: Callable | None = None) -> dict:
+               on_image: Callable | None = None, guided: bool = False) -> dict:
     """Scores `predict` on every image.
 
     Args:
@@ -114,7 +114,8 @@ class Evaluator:
     t0 = time.perf_counter()
     for name, lr, hr, valid, rgb, norm in self.images():
       h, w = hr.shape
-      pred = np.asarray(predict(lr))[:h, :w]
+      # guided: a teacher that reads more than the LR (teacher.predictor) also gets the image's RGB and HR.
+      pred = np.asarray(predict(lr, rgb=rgb, hr=hr) if guided else predict(lr))[:h, :w]
       scores, scored = metrics_lib.score_image(pred, hr, valid, norm, self.proto, self.metrics)
       rows.append((name, scores))
       if on_image is not None:
@@ -153,11 +154,11 @@ def _table(rows) -> dict:
 
 
 def evaluate_dataset(config, dataset: str, scale: int, predict: Callable, estimate: Callable | None = None,
-                     on_image: Callable | None = None, baseline: bool = False):
+                     on_image: Callable | None = None, baseline: bool = False, guided: bool = False):
   """Scores `predict` on split 'test' of `dataset` under its protocol (an Evaluator of dataset_batches)."""
   ev = Evaluator(dataset_batches(config, dataset, scale), metrics_lib.protocol_for(dataset), scale,
                  name=f'eval.dataset={dataset!r}: split test')
-  return ev(predict, estimate=estimate, on_image=on_image, baseline=baseline)
+  return ev(predict, estimate=estimate, on_image=on_image, baseline=baseline, guided=guided)
 
 
 def dataset_batches(config, dataset: str, scale: int):
@@ -201,7 +202,7 @@ def run(config, workdir: str) -> dict:
   proto, baseline, want = metrics_lib.protocol_for(dataset), config.eval.baseline, config.model.scale
   paths.check_dir_target(workdir, '--workdir')  # Now, not after the whole evaluation.
   tile, overlap, ensemble = config.eval.tile, config.eval.overlap, bool(config.eval.ensemble)
-  info, estimate = {}, None
+  info, estimate, guided = {}, None, False
   name = baseline
   if baseline == 'bicubic':
     scale = want
@@ -216,9 +217,17 @@ def run(config, workdir: str) -> dict:
                         f'set model.scale={scale} or 0 (= the checkpoint\'s)')
     models = models_lib.build(ck_cfg.model)
     name = ck_cfg.model.name
-
-    def predict(lr):
-      return inference.super_resolve(models.dsr, params['dsr'], lr, tile=tile, overlap=overlap, ensemble=ensemble)
+    guided = models_lib.reads_more_than_lr(models.dsr)
+    if guided:  # a teacher trained alone (docs/method.md, "Frozen teachers"): whole images, with its RGB
+      if tile or ensemble:
+        raise ConfigError(f'eval.tile={tile}, eval.ensemble={ensemble}: the {name!r} network of '
+                          f'{info["dir"]} runs on whole images only; expected eval.tile=0, eval.ensemble=False')
+      from dsr_jax import teacher  # pylint: disable=g-import-not-at-top
+      predict = teacher.predictor(models.dsr, params['dsr'])
+    else:
+      def predict(lr):
+        return inference.super_resolve(models.dsr, params['dsr'], lr, tile=tile, overlap=overlap,
+                                       ensemble=ensemble)
     # Monocular DE metrics only for an RGB-only DENet (docs/method.md, rule 5): an 'rgbd' one also saw the LR.
     if 'denet' in params and models.denet is not None and not models.denet.depth_input:
       denet, denet_params = models.denet, params['denet']
@@ -232,7 +241,7 @@ def run(config, workdir: str) -> dict:
   try:
     # Bicubic upsampling of the same LR beside the network's: the ratio a robustness table reports.
     result = evaluate_dataset(config, dataset, scale, predict, estimate, on_image=images,
-                              baseline=baseline != 'bicubic')
+                              baseline=baseline != 'bicubic', guided=guided)
   except BaseException:
     if images is not None:
       images.discard()

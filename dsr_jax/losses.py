@@ -108,6 +108,24 @@ def feature_affinity(feats_a, feats_b, valid, p: int, kind: str = 'raw', tau: fl
   return sum(affinity_l1(a, b, valid, p, kind, tau) for a, b in zip(feats_a, feats_b)) / len(feats_a)
 
 
+def feature_distance(feats_a, feats_b, valid, kind: str):
+  """The feature term towards a frozen teacher: (1/T) sum_n d(F^n_a, F^n_b), averaged over valid pixels.
+
+  'l1': d is the mean over channels of |F_a - F_b|. 'cosine': d is 1 - cos(F_a, F_b) of the two C-vectors at a
+  pixel, in [0, 2], blind to the features' scale, which a network with other layers before the shared body
+  (the teacher's encoder) need not share with the student.
+  """
+  def one(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    if kind == 'l1':
+      return masked_mean(jnp.mean(jnp.abs(a - b), axis=-1, keepdims=True), valid)
+    # rsqrt of clamped square norms: finite gradients at an all-zero feature vector (a dead PReLU region).
+    inv = lambda x: jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+    cos = jnp.sum(a * b, axis=-1, keepdims=True) * inv(a) * inv(b)
+    return masked_mean(1.0 - cos, valid)
+  return sum(one(a, b) for a, b in zip(feats_a, feats_b)) / len(feats_a)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def scale_gradient(x, factor: float):
   """Identity forward; multiplies the incoming gradient by `factor` on the way back."""

@@ -48,11 +48,16 @@ def _gate(net: str, inner):
       inner, lambda _, trainable: trainable[net], forward_extra_args=True)
 
 
-def make(config, nets=NETS) -> optax.GradientTransformationExtraArgs:
-  """tx.update(grads, opt_state, params, trainable={'dsr': bool, ...})."""
+def make(config, nets=NETS, frozen=()) -> optax.GradientTransformationExtraArgs:
+  """tx.update(grads, opt_state, params, trainable={'dsr': bool, ...}).
+
+  frozen: networks that never learn (a frozen teacher, 'teacher'): their partition sets every update to zero
+  and holds no state, so they are in no optimizer at all.
+  """
   n = config.train.num_steps
-  return optax.multi_transform({k: _gate(k, net_optimizer(config.optim[k], n)) for k in nets},
-                               param_labels={k: k for k in nets})
+  transforms = {k: _gate(k, net_optimizer(config.optim[k], n)) for k in nets}
+  transforms.update({k: optax.set_to_zero() for k in frozen})
+  return optax.multi_transform(transforms, param_labels={k: k for k in transforms})
 
 
 def update_counts(opt_state, nets=NETS) -> dict:

@@ -271,7 +271,17 @@ def init_from(path, params: dict) -> dict:
   return {**params, 'dsr': loaded['dsr']}
 
 
+def check_lr_only(config, where: str) -> None:
+  """UserError when a checkpoint's network reads more than the LR depth: a teacher trained alone
+  (docs/method.md, "Frozen teachers") cannot run where only the LR is given."""
+  from dsr_jax import models as models_lib  # pylint: disable=g-import-not-at-top
+  if config.model.name in models_lib.TEACHERS:
+    raise UserError(f'checkpoint {where}: its network {config.model.name!r} is a training-time teacher that reads '
+                    'the HR RGB (or depth) beside the LR; only eval mode runs it (with the RGB)')
+
+
 def load_for_inference(path):
   """(config, dsr_params): the training config and DSRNet's parameters, on one device."""
-  config, params, _ = load_params(path, ('dsr',))
+  config, params, info = load_params(path, ('dsr',))
+  check_lr_only(config, info['dir'])
   return config, params['dsr']

@@ -10,11 +10,13 @@ routing") lives here only.
 
 Compiled train steps: stage 1, DSR-student and DE-student (plus 'mutual' for train.roles='mutual' only, or
 'dsr_only' for "w/o CT"). The phase is a static argument of the step, so a role switch picks another
-already-compiled step and never recompiles.
+already-compiled step and never recompiles. With a frozen teacher (model.teacher), 'dsr_only' also holds
+the terms towards it, and the teacher is in the optimizer mask, never trainable.
 """
 import dataclasses
 
 from dsr_jax.errors import ConfigError
+from dsr_jax.models import TEACHERS
 
 # Teacher codes stored in the train state and logged as train/teacher.
 NO_TEACHER = -1  # stage 1 (and "w/o CT")
@@ -22,6 +24,7 @@ DSR, DENET = 0, 1
 MUTUAL = 2  # train.roles='mutual': both networks teach and learn in every step
 
 ROLES = ('rule', 'fixed_denet', 'fixed_dsr', 'mutual')
+FEATURE_DISTILL = ('none', 'l1', 'cosine')
 TEACHER_UPDATES = ('task', 'frozen')
 NET_NAMES = {'dsr': 'DSRNet', 'denet': 'DENet', 'spnet': 'SPNet'}
 
@@ -37,7 +40,7 @@ class Term:
   student: for the distillation terms 'out' and 'aff', the network that learns ('dsr' or 'denet'); the
     other one is the teacher, whose outputs are targets.
   """
-  name: str  # 'dsr' | 'de' | 'out' | 'aff' | 'struct'
+  name: str  # 'dsr' | 'de' | 'out' | 'aff' | 'struct' | 'kd_out' | 'kd_feat' | 'kd_aff' (the frozen teacher's)
   weight: float
   reach: tuple[tuple[str, float], ...]
   student: str = ''
@@ -74,6 +77,16 @@ def _distill(loss_cfg, student: str) -> tuple[Term, ...]:
   return terms
 
 
+def _from_teacher(loss_cfg) -> tuple[Term, ...]:
+  # The frozen teacher's outputs are targets: every term reaches DSRNet alone. A zero weight leaves its term
+  # out, so that nothing is computed for it.
+  reach = (('dsr', 1.0),)
+  weights = (('kd_out', loss_cfg.kd_out_weight),
+             ('kd_feat', loss_cfg.kd_feature_weight if loss_cfg.feature_distill != 'none' else 0.0),
+             ('kd_aff', loss_cfg.kd_affinity_weight))
+  return tuple(Term(name, w, reach, 'dsr') for name, w in weights if w > 0)
+
+
 def _struct(loss_cfg, feature_nets) -> Term:
   # SPNet always learns L_struct at unit weight; the depth nets' features see rho1 * L_struct. With rho1 = 0
   # only SPNet learns it (the depth nets' inputs are cut off).
@@ -90,6 +103,9 @@ def make_phases(config) -> dict:
   use_sp = use_de and bool(config.model.use_spnet)
   task = t.teacher_update == 'task'
   dsr, de = Term('dsr', 1.0, (('dsr', 1.0),)), Term('de', 1.0, (('denet', 1.0),))
+  if config.model.teacher:  # never with DENet (check_config)
+    return {'dsr_only': Phase('dsr_only', _trainable(True, False, False) + (('teacher', False),),
+                              (dsr,) + _from_teacher(loss_cfg))}
   phases = {'dsr_only': Phase('dsr_only', _trainable(True, False, False), (dsr,))}
   if not use_de:
     return phases
@@ -209,3 +225,24 @@ def check_config(config) -> None:
                       "stage's errors; expected stage1_steps >= 1 (or train.roles other than 'rule')")
   if config.loss.affinity not in ('cosine', 'raw'):
     raise ConfigError(f"loss.affinity={config.loss.affinity!r}: expected 'cosine' or 'raw'")
+  check_teacher(config)
+
+
+def check_teacher(config) -> None:
+  """model.teacher_checkpoint, the teacher's place in a run, and loss.feature_distill (models.check checks
+  model.teacher's name; restore-time problems with the checkpoint are found where it is loaded)."""
+  m = config.model
+  if m.teacher and not m.teacher_checkpoint:
+    raise ConfigError(f'model.teacher_checkpoint={m.teacher_checkpoint!r}: model.teacher={m.teacher!r} is '
+                      f'loaded from a trained checkpoint; expected the teacher\'s workdir (train one with '
+                      f'model.name={m.teacher!r}, model.use_denet=False)')
+  if m.teacher_checkpoint and not m.teacher:
+    raise ConfigError(f'model.teacher_checkpoint={m.teacher_checkpoint!r}: expected model.teacher to name its '
+                      f'network ({", ".join(map(repr, TEACHERS))}), or no checkpoint')
+  if (m.teacher or m.name in TEACHERS) and m.use_denet:
+    what = 'model.teacher' if m.teacher else 'model.name'
+    raise ConfigError(f'{what}={m.teacher or m.name!r} with model.use_denet=True: a frozen teacher and a teacher '
+                      'trained alone have no cross-task partner; expected model.use_denet=False')
+  if config.loss.feature_distill not in FEATURE_DISTILL:
+    raise ConfigError(f'loss.feature_distill={config.loss.feature_distill!r}: expected one of '
+                      f'{", ".join(map(repr, FEATURE_DISTILL))}')

@@ -12,7 +12,7 @@ from dsr_jax.models import NETS  # the order of TrainState.updates
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32: optimiser steps taken.
-  params: Any  # {'dsr': ..., 'denet': ..., 'spnet': ...} (plain dicts; 'dsr' alone for "w/o CT").
+  params: Any  # {'dsr': ..., 'denet': ..., 'spnet': ...} (plain dicts; 'dsr' alone for "w/o CT"; + 'teacher').
   opt_state: Any
   err_sum: jax.Array  # f32[2]: sum over this round's steps of (e_dsr, e_de).
   err_count: jax.Array  # int32: steps summed in err_sum.
@@ -28,8 +28,12 @@ class TrainState:
 def init_params(models, key, scale: int, size: int = 16):
   """Initial parameters of every network (side heads included) from one key."""
   keys = dict(zip(NETS, jax.random.split(key, 3)))
-  return {name: net.init(keys[name], *net.dummy_inputs(size, scale), train=True)['params']
-          for name, net in models.nets().items()}
+  params = {name: net.init(keys[name], *net.dummy_inputs(size, scale), train=True)['params']
+            for name, net in models.nets().items()}
+  if models.teacher is not None:  # a key of its own: the other networks start as they do without a teacher
+    t = models.teacher
+    params['teacher'] = t.init(jax.random.fold_in(key, len(NETS)), *t.dummy_inputs(size, scale), train=True)['params']
+  return params
 
 
 def create(models, tx, key, scale: int) -> TrainState:

@@ -2,7 +2,8 @@
 
 A network that does not train in a phase enters through `stop_gradient` of its parameters, so its backward
 pass is never built. Within a phase, each loss term sees the outputs of the networks outside its reach as
-constants: distillation targets never pass a gradient to the teacher (docs/method.md, rule 2).
+constants: distillation targets never pass a gradient to the teacher (docs/method.md, rule 2). A frozen
+teacher (model.teacher) is such a network in every phase, and its optimizer partition only zeroes.
 """
 from typing import Any
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from dsr_jax import losses
+from dsr_jax import models as models_lib
 from dsr_jax import resize
 from dsr_jax import roles
 from dsr_jax import state as state_lib
@@ -18,7 +20,8 @@ from dsr_jax.state import TrainState
 
 # Logged loss terms, in the order used by TrainState.bad_term.
 # New names are appended: a checkpoint's bad_term indexes this tuple.
-TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_dsr', 'side_de')
+TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_dsr', 'side_de',
+         'kd_out', 'kd_feat', 'kd_aff', 'e_teacher')
 
 
 def make_lr(batch, scale: int, method: str):
@@ -54,6 +57,8 @@ def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg
     s_pred = models.spnet.apply({'params': sp_params}, o['dsr'].feats[-1], o['denet'].feats[-1],
                                 d_sr, d_de, hr)
     return losses.l1(s_pred, losses.gradient_magnitude(hr), losses.gradient_valid(v))
+  if term.name.startswith('kd_'):  # towards the frozen teacher (docs/method.md, "Frozen teachers")
+    return _from_teacher(term.name, o[term.student], o['teacher'], v, loss_cfg)
   student, teacher = o[term.student], o[_other(term.student)]
   if term.name == 'out':  # L_O towards the teacher's side outputs
     return losses.side_l1(student.sides, teacher.sides, v)
@@ -63,16 +68,35 @@ def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg
   raise ValueError(f'unknown loss term {term.name!r}')
 
 
+def _from_teacher(name: str, student, teacher, v, loss_cfg):
+  if name == 'kd_out':  # L_O on the main output, and on the side outputs as L_DSR weighs them
+    value = losses.l1(student.depth, teacher.depth, v)
+    sw = loss_cfg.side_weight
+    return value + sw * losses.side_l1(student.sides, teacher.sides, v) if sw else value
+  if name == 'kd_feat':
+    return losses.feature_distance(student.feats, teacher.feats, v, loss_cfg.feature_distill)
+  return losses.feature_affinity(student.feats, teacher.feats, v, loss_cfg.affinity_pool,
+                                 kind=loss_cfg.affinity, tau=loss_cfg.affinity_tau)
+
+
 def _other(net: str) -> str:
   return 'denet' if net == 'dsr' else 'dsr'
 
 
+def apply_net(net, params, batch, train: bool = True):
+  """`net` on the batch entries it reads (models.input_keys: the LR alone for DSRNet)."""
+  return net.apply({'params': params}, *(batch[k] for k in models_lib.input_keys(net)), train=train)
+
+
 def forward(params, batch, *, models):
-  """Train-mode outputs of the depth networks: {'dsr': NetOutput, 'denet': NetOutput} (no DENet w/o CT)."""
-  outs = {'dsr': models.dsr.apply({'params': params['dsr']}, batch['lr_depth'], train=True)}
+  """Train-mode outputs of the depth networks: {'dsr': NetOutput, 'denet': NetOutput} (no DENet w/o CT), and
+  'teacher' with a frozen teacher."""
+  outs = {'dsr': apply_net(models.dsr, params['dsr'], batch)}
   if models.denet is not None:
     outs['denet'] = models.denet.apply({'params': params['denet']}, batch['rgb'], batch['lr_depth'],
                                        train=True)
+  if models.teacher is not None:
+    outs['teacher'] = apply_net(models.teacher, params['teacher'], batch)
   return outs
 
 
@@ -91,6 +115,8 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, parts: bool 
   t['e_dsr'] = losses.l1(outs['dsr'].depth, hr, v)
   if 'denet' in outs:
     t['e_de'] = losses.l1(outs['denet'].depth, hr, v)
+  if 'teacher' in outs:  # logged only: how good the frozen teacher is on the training batches
+    t['e_teacher'] = losses.l1(jax.lax.stop_gradient(outs['teacher'].depth), hr, v)
   if loss_cfg.side_weight:  # logged only: how close the side heads come to the main output's error
     t['side_dsr'] = _side_l1(jax.lax.stop_gradient(outs['dsr'].sides), hr, v)
     if 'denet' in outs:
@@ -141,6 +167,8 @@ def train_step(state: TrainState, batch, *, models, tx, phase: roles.Phase, loss
   updates, opt_state = tx.update(grads, state.opt_state, state.params, trainable=trainable)
   counted = jnp.asarray([bool(trainable.get(k)) for k in state_lib.NETS], jnp.int32)  # static per phase
   params = optax.apply_updates(state.params, updates)
+  if 'teacher' in params:  # carried over, not added to its zero update: x + 0 turns a -0.0 into +0.0
+    params = {**params, 'teacher': state.params['teacher']}
   vec = jnp.stack([terms[k] for k in TERMS])
   finite = jnp.isfinite(vec)
   first_bad = jnp.argmin(finite)  # first False

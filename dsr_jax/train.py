@@ -34,6 +34,7 @@ from dsr_jax import roles
 from dsr_jax import sharding
 from dsr_jax import state as state_lib
 from dsr_jax import steps
+from dsr_jax import teacher as teacher_lib
 from dsr_jax import trainer
 from dsr_jax import writers
 from dsr_jax.errors import ConfigError
@@ -97,7 +98,11 @@ def val_evaluator(config, dataset=None) -> evaluate.Evaluator:
 
 def validate_params(evaluator: evaluate.Evaluator, models, params) -> dict:
   """DSRNet through inference.super_resolve (mirrored borders, shape buckets), exactly as eval mode runs it,
-  with the bicubic baseline beside it: {'per_scene', 'mean', 'images', 'bicubic', ...} (see Evaluator)."""
+  with the bicubic baseline beside it: {'per_scene', 'mean', 'images', 'bicubic', ...} (see Evaluator). A
+  teacher trained alone (model.name 'guided' or 'ae') runs on whole images with its guides, as eval mode
+  runs it too."""
+  if models_lib.reads_more_than_lr(models.dsr):
+    return evaluator(teacher_lib.predictor(models.dsr, params['dsr']), baseline=True, guided=True)
   dsr_params = inference.to_device(params['dsr'])  # once, not with every window
   return evaluator(lambda lr: inference.super_resolve(models.dsr, dsr_params, lr), baseline=True)
 
@@ -146,6 +151,7 @@ class Setup:
   evaluator: Any  # val_evaluator's: picks the best checkpoint
   val_scene: tuple | None  # TensorBoard's fixed validation scene (process 0 only)
   init_dsr: Any  # train.init_from's DSRNet parameters (host), or None
+  init_teacher: Any = None  # model.teacher_checkpoint's parameters (host), or None
 
 
 def setup(config, workdir: str) -> Setup:
@@ -160,7 +166,7 @@ def setup(config, workdir: str) -> Setup:
   resuming = trainer.check_resume_config(config, workdir)
   models = models_lib.build(config.model)
   nets = tuple(models.nets())
-  tx = optim.make(config, nets)
+  tx = optim.make(config, nets, frozen=('teacher',) if models.teacher is not None else ())
   mesh = sharding.make_mesh()
   create = functools.partial(state_lib.create, models, tx, scale=config.model.scale)
   key = jax.random.key(config.seed)
@@ -176,13 +182,19 @@ def setup(config, workdir: str) -> Setup:
   # no workdir left behind, not after the whole run.
   val_data = val_dataset(config)
   evaluator = val_evaluator(config, val_data)
-  val_scene = trainer.first_val_scene(val_data) if jax.process_index() == 0 else None
+  # The fixed scene's strip runs the network on the LR alone; a teacher trained alone reads more.
+  pictured = jax.process_index() == 0 and not models_lib.reads_more_than_lr(models.dsr)
+  val_scene = trainer.first_val_scene(val_data) if pictured else None
   # Read before the workdir exists, so that a wrong checkpoint leaves nothing behind; a resume ignores it.
   init_dsr = None
   if config.train.init_from and not resuming:
     init_dsr = restore.init_from(config.train.init_from, abstract.params)['dsr']
+  # The frozen teacher too; a resume finds it in its own checkpoint, as it was when the run started.
+  init_teacher = None
+  if models.teacher is not None and not resuming:
+    init_teacher = teacher_lib.load(config, abstract.params['teacher'])
   return Setup(config, workdir, models, nets, tx, mesh, sharding.replicated(mesh), sharding.data_sharded(mesh),
-               create, key, abstract, train_iter, evaluator, val_scene, init_dsr)
+               create, key, abstract, train_iter, evaluator, val_scene, init_dsr, init_teacher)
 
 
 def start_state(run: Setup, ckpts: trainer.Checkpoints):
@@ -194,6 +206,9 @@ def start_state(run: Setup, ckpts: trainer.Checkpoints):
     if run.init_dsr is not None:
       state = state.replace(params={**state.params, 'dsr': jax.device_put(run.init_dsr, run.replicated)})
       _say(f'DSRNet starts from {run.config.train.init_from} (train.init_from)')
+    if run.init_teacher is not None:
+      state = state.replace(params={**state.params, 'teacher': jax.device_put(run.init_teacher, run.replicated)})
+      _say(f'frozen teacher {run.config.model.teacher!r} from {run.config.model.teacher_checkpoint}')
     return state, run.train_iter.get_state()
   step0, params, opt_state, role, data_state = restored
   role = optim.upgrade_role(role, opt_state, run.nets)

@@ -131,7 +131,7 @@ class CompiledSteps:
 def image_summaries(models, params, batch):
   """LR, SR, GT, DE output, structure prediction and target, error map of the first example."""
   one = jax.tree.map(lambda x: x[:1], batch)
-  sr = models.dsr.apply({'params': params['dsr']}, one['lr_depth'], train=True)
+  sr = steps.apply_net(models.dsr, params['dsr'], one)
   out = {'lr': one['lr_depth'], 'sr': sr.depth, 'gt': one['hr_depth'],
          'error': jnp.abs(sr.depth - one['hr_depth']) * one['valid'],
          'structure_target': losses.gradient_magnitude(one['hr_depth'])}
@@ -247,12 +247,13 @@ def check_resume_config(config, workdir: str) -> bool:
   steps_ = restore.saved_steps(root)
   if not steps_:
     return False
+  nets = optim.NETS + ('teacher',)  # a frozen teacher is part of the state too
   try:
     saved = restore.read_config(root, steps_[-1])
-    old = jax.tree.map(lambda x: x.shape, restore.abstract_params(saved, optim.NETS))
+    old = jax.tree.map(lambda x: x.shape, restore.abstract_params(saved, nets))
   except Exception:  # pylint: disable=broad-except
     return True  # Unreadable or from older code: restore_latest falls back or explains.
-  new = jax.tree.map(lambda x: x.shape, restore.abstract_params(config, optim.NETS))
+  new = jax.tree.map(lambda x: x.shape, restore.abstract_params(config, nets))
   if old == new:
     return True
   # Both through JSON, as the checkpoint's copy was (tuples become lists there).

@@ -111,6 +111,64 @@ def test_routing_table(name, mode):
     assert trained == {n for n in params if n != 'spnet' or name not in ('stage1', 'dsr_only')}
 
 
+# The frozen teacher's phase (docs/method.md, "Frozen teachers"): DSRNet alone learns, the teacher is read.
+FROZEN_TEACHER = {'dsr': {'dsr'}, 'kd_out>dsr': {'dsr'}, 'kd_feat>dsr': {'dsr'}, 'kd_aff>dsr': {'dsr'}}
+
+
+def _teacher_cfg(teacher='guided', feature='cosine', **changes):
+  cfg = _cfg('task', model__use_denet=False, model__use_spnet=False, model__teacher=teacher,
+             model__teacher_checkpoint='unused: the parameters are made here', loss__feature_distill=feature,
+             loss__kd_affinity_weight=0.1, **changes)
+  train.check_config(cfg)
+  return cfg
+
+
+@pytest.mark.parametrize('teacher,feature,ae_rgb', [('guided', 'cosine', False), ('ae', 'l1', True)])
+def test_frozen_teacher_routing(teacher, feature, ae_rgb):
+  """Every term of the frozen-teacher phase reaches DSRNet alone; the teacher gets exactly zero gradient from
+  each, and its feature maps have DSRNet's shapes (the feature term compares them one by one)."""
+  cfg = _teacher_cfg(teacher, feature, model__ae_rgb=ae_rgb)
+  models, params = _params(cfg)
+  phase = roles.make_phases(cfg)['dsr_only']
+  assert sorted(_key(t) for t in phase.terms) == sorted(FROZEN_TEACHER)
+  assert phase.train == {'dsr': True, 'denet': False, 'spnet': False, 'teacher': False}
+  b = _batch(cfg)
+  for key, g in _term_grads(cfg, models, params, phase, b).items():
+    assert _reached(g) == FROZEN_TEACHER[key], key
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(g['teacher'])), key
+  student = steps.apply_net(models.dsr, params['dsr'], b)
+  taught = steps.apply_net(models.teacher, params['teacher'], b)
+  assert [f.shape for f in student.feats] == [f.shape for f in taught.feats]
+  assert models_lib.input_keys(models.teacher) == (('lr_depth', 'rgb') if teacher == 'guided' else
+                                                   ('lr_depth', 'hr_depth', 'rgb'))
+
+
+def test_frozen_teacher_bit_identical_after_a_round():
+  """Over a round of train steps the teacher's parameters stay bit-identical (a -0.0 included: they are
+  carried over, not added to a zero update), it has no optimizer state, and DSRNet learns."""
+  from dsr_jax import optim  # pylint: disable=g-import-not-at-top
+  cfg = _teacher_cfg(feature='l1')
+  models = models_lib.build(cfg.model)
+  tx = optim.make(cfg, tuple(models.nets()), frozen=('teacher',))
+  st = state_lib.create(models, tx, jax.random.key(0), cfg.model.scale)
+  bias = st.params['teacher']['tail']['bias']
+  st = st.replace(params={**st.params, 'teacher': {**st.params['teacher'], 'tail': {
+      **st.params['teacher']['tail'], 'bias': jnp.full_like(bias, -0.0)}}})
+  assert not jax.tree.leaves(st.opt_state.inner_states['teacher'])  # set_to_zero: no moments, no count
+  step = jax.jit(functools.partial(steps.train_step, models=models, tx=tx, phase=roles.make_phases(cfg)['dsr_only'],
+                                   loss_cfg=cfg.loss, scale=cfg.model.scale))
+  before = jax.device_get(st)
+  for k in range(cfg.train.round_steps + 1):
+    st, terms = step(st, _batch(cfg, seed=k))
+    assert float(terms['kd_out']) > 0 and float(terms['kd_feat']) > 0 and float(terms['e_teacher']) > 0
+  after = jax.device_get(st)
+  bits = lambda t: [np.asarray(x).view(np.uint32) for x in jax.tree.leaves(t)]
+  for a, b in zip(bits(before.params['teacher']), bits(after.params['teacher'])):
+    np.testing.assert_array_equal(a, b)
+  assert any(np.any(a != b) for a, b in zip(bits(before.params['dsr']), bits(after.params['dsr'])))
+  assert list(after.updates) == [cfg.train.round_steps + 1, 0, 0]
+
+
 def test_struct_weights_spnet_unit_and_depth_nets_rho1():
   """'with which weight': SPNet learns L_struct at weight 1, the depth nets' features at rho1 (checked
   against an independent computation of L_struct)."""
