@@ -28,10 +28,11 @@ import numpy as np
 
 from dsr_jax import errors
 from dsr_jax import resize
+from dsr_jax import study_teachers
 from dsr_jax.input_pipeline import readers
 
 # name: (cpu_real.py variant, {config override: value}, what it is)
-ROWS = {
+ROWS = study_teachers.add_rows({
     'A': ('wo_ct', {'loss.side_weight': 0.0}, 'DSRNet alone (w/o CT), side_weight 0'),
     'B': ('wo_ct', {'loss.side_weight': 1.0}, 'DSRNet alone, side_weight 1 (deep supervision, no partner)'),
     'C': ('ct', {'train.roles': 'rule'}, "CT, Revision 2, roles 'rule', 'rgb' (the paper's reading)"),
@@ -43,8 +44,8 @@ ROWS = {
     'V1': ('ct', {'train.roles': 'rule', 'train.teacher_update': 'frozen', 'loss.affinity': 'raw',
                   'loss.side_weight': 0.0, 'loss.detach_uncertainty': False, 'model.side_residual': False},
            'the first version (configs/ablation_v1.py settings)'),
-}
-MODIFIERS = {
+})
+MODIFIERS = study_teachers.add_modifiers({
     'sw0.1': ({'loss.side_weight': 0.1}, 'side_weight 0.1'),
     'rho2_1': ({'loss.rho2': 1.0}, 'rho2 1.0'),
     'rho2_0.01': ({'loss.rho2': 0.01}, 'rho2 0.01'),
@@ -66,7 +67,7 @@ MODIFIERS = {
     # x16 crop candidates: the preset's 128 px crops give the network an 8x8 LR input.
     'c256b1': ({'data.crop': 256, 'train.batch_size': 1}, 'crop 256, batch 1 (16x16 LR at x16)'),
     'c192b2': ({'data.crop': 192, 'train.batch_size': 2}, 'crop 192, batch 2 (12x12 LR at x16)'),
-}
+})
 __doc__ += '\n'.join(f'  {k:3s} {v[2]}' for k, v in ROWS.items()) + '\n  modifiers: ' + ', '.join(
     f'+{k} ({v[1]})' for k, v in MODIFIERS.items()) + '\n'
 
@@ -75,19 +76,18 @@ README_BEGIN, README_END = '<!-- ct_study:begin -->', '<!-- ct_study:end -->'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def row_spec(row: str, scale: int):
-  """(config argument, overrides, description) of a row name such as 'D' or 'D+sw0.1+noaff'."""
+def row_spec(row: str, scale: int, runs: str = 'runs'):
+  """(config argument, overrides, description) of a row name such as 'D+sw0.1'; runs fills '{runs}' (teachers)."""
   base, *mods = row.split('+')
   if base not in ROWS:
     raise errors.UserError(f'--rows {row!r}: unknown row {base!r} (expected one of {", ".join(ROWS)})')
   variant, overrides, what = ROWS[base]
-  overrides = dict(overrides)
   for m in mods:
     if m not in MODIFIERS:
       raise errors.UserError(f'--rows {row!r}: unknown modifier {m!r} (expected one of {", ".join(MODIFIERS)})')
-    overrides.update({k: v.format(scale=scale) if isinstance(v, str) else v for k, v in MODIFIERS[m][0].items()})
+    overrides = {**overrides, **MODIFIERS[m][0]}
     what += f'; {MODIFIERS[m][1]}'
-  return f'x{scale},{variant}', overrides, what
+  return f'x{scale},{variant}', study_teachers.fill(overrides, scale, runs, mods), what
 
 
 def _step_overrides(steps: int) -> dict:
@@ -239,7 +239,7 @@ def check_resumable(workdir: str, cfg, keys) -> None:
 def run_one(row: str, seed: int, a) -> dict:
   out_dir = os.path.join(a.out, f'{row}_s{seed}')
   result_path = os.path.join(out_dir, 'result.json')
-  arg, overrides, what = row_spec(row, a.scale)
+  arg, overrides, what = row_spec(row, a.scale, os.path.abspath(a.runs))
   if os.path.exists(result_path):
     with open(result_path) as f:
       done = json.load(f)
@@ -273,7 +273,7 @@ def run_one(row: str, seed: int, a) -> dict:
             'scale': a.scale, 'steps': cfg.train.num_steps, 'train_wall_s': round(wall, 1),
             'middlebury2005': {'mean': report['mean'],
                                'per_scene': {k: v for k, v in report['per_scene'].items()}},
-            'realscene': real_sensor(workdir, a.data_dir),
+            'realscene': None if study_teachers.sees_more(cfg) else real_sensor(workdir, a.data_dir),
             **summarise_run(workdir, cfg.train.stage1_steps if cfg.model.use_denet else 0)}
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
