@@ -84,6 +84,7 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> str:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   # The step directory, not `checkpoint`: what was checked above is what gets read.
   config, params, info = restore.load_params(os.path.join(root, str(step)), ('dsr',))
+  restore.check_lr_only(config, info['dir'])
   step = int(info['step'])
   metrics = None
   if os.path.isdir(os.path.join(info['dir'], 'metrics')):

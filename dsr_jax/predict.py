@@ -293,6 +293,7 @@ def predict(args) -> int:
   root, step = restore.resolve_checkpoint(args.checkpoint)
   check_backend()  # before Orbax starts it, which would blame the checkpoint for a bad JAX_PLATFORMS
   config = restore.read_config(root, step)
+  restore.check_lr_only(config, os.path.join(root, str(step)))
   scale = int(config.model.scale)
   if args.scale is not None and args.scale != scale:
     raise UserError(f"--scale {args.scale} contradicts the checkpoint's scale {scale} "

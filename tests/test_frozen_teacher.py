@@ -106,6 +106,16 @@ def test_a_teacher_trained_alone_is_validated_with_its_rgb_and_kept_from_lr_only
   assert summary['step'] == 2 and np.isfinite(summary['val_mad']) and summary['val_mad'] > 0
   with pytest.raises(UserError, match="'guided' is a training-time teacher"):
     restore.load_for_inference(str(wd))
+  # predict and export say the same in one line, before reading any weights or writing anything.
+  from dsr_jax import export  # pylint: disable=g-import-not-at-top
+  from dsr_jax import predict  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.full((8, 8), 100, np.uint8)).save(wd.parent / 'lr.png')
+  assert predict.main(['--checkpoint', str(wd), '--input', str(wd.parent / 'lr.png'),
+                       '--output', str(wd.parent / 'pred')]) != 0
+  assert not (wd.parent / 'pred').exists()
+  assert export.main(['--checkpoint', str(wd), '--output', str(wd.parent / 'exp')]) != 0
+  assert not (wd.parent / 'exp').exists()
 
 
 def test_a_student_loads_the_teacher_frozen(trained_teacher, tmp_path):
