@@ -49,6 +49,19 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.fixture
+def absl_caplog(caplog):
+  """caplog that also sees absl's logger: once any test in the worker has installed absl's handler (main, app
+  runs), absl stops propagating to the root logger, where caplog listens."""
+  import logging  # pylint: disable=g-import-not-at-top
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addHandler(caplog.handler)
+  try:
+    yield caplog
+  finally:
+    absl_logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
 def fast_xla():
   """Opt-in (pytestmark = pytest.mark.usefixtures('fast_xla')): compile with most optimisations off."""
   with fast_compile():

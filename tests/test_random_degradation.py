@@ -174,7 +174,9 @@ def test_robustness_table_is_written_from_the_stored_reports(tmp_path):
   assert '| 0.7000 | 0.7000 | 1.00 | 1.20 (art) | no |' in point  # mean 0.7 / 0.7, art 1.2 / 1.0
   assert '| 7.000 | 0.93 | 0.93 (r1) | yes |' in real
   assert lines.index(proto) < lines.index(point) < lines.index(real)  # rows in the table's fixed order
-  assert readme.read_text() == f'intro\n{robustness.README_BEGIN}\n{text}{robustness.README_END}\nrest\n'
+  summary = robustness.summary(robustness.load(str(tmp_path)))
+  assert summary.splitlines()[2:] == ['| protocol | 0.31 |', '| point_u8 | 1.00* |', '| realscene | 0.93 |']
+  assert readme.read_text() == f'intro\n{robustness.README_BEGIN}\n{summary}{robustness.README_END}\nrest\n'
   assert (tmp_path / 'TABLE.md').read_text().endswith(text)
 
 

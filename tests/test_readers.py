@@ -273,11 +273,12 @@ def test_missing_rgb_and_wrong_depth_type(tmp_path):
   _one_line_error(readers.load_example, record, match=(str(depth), "'RGB'", 'disparity_0_255'))
 
 
-def test_all_invalid_depth_is_skipped_and_counted(tmp_path, caplog):
+def test_all_invalid_depth_is_skipped_and_counted(tmp_path, absl_caplog):
+  caplog = absl_caplog
   root = _fake_middlebury_lu(tmp_path)
   dead = root / 'middlebury_lu' / 'Middlebury' / 'Depth' / 'Middlebury_03_output_depth.png'
   _png(dead, np.zeros((12, 16), np.uint8))
-  with caplog.at_level(logging.WARNING, logger=readers.__name__):
+  with caplog.at_level(logging.WARNING):
     examples = readers.load_split(root, 'middlebury_lu', 'train')
   assert len(examples) == 8 and 'Middlebury_03' not in [e['name'] for e in examples]
   assert 'skipped 1 depth map(s) with no valid pixel' in caplog.text and str(dead) in caplog.text

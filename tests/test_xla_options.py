@@ -21,9 +21,9 @@ def test_options_on_cpu():
   assert xla_options.compiler_options('ynnpack') == {}
 
 
-def test_unknown_option_value_is_dropped_with_a_warning(caplog):
+def test_unknown_option_value_is_dropped_with_a_warning(absl_caplog):
   assert xla_options._accepted('xla_cpu_experimental_ynn_fusion_type', 'NOT_A_FUSION_TYPE') == {}
-  assert 'does not accept' in caplog.text
+  assert 'does not accept' in absl_caplog.text
 
 
 def test_eigen_and_ynnpack_give_the_same_conv_and_gradients():
