@@ -84,6 +84,8 @@ def build_parser():
 
 def main(argv=None) -> int:
   a = build_parser().parse_args(argv)
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.ERROR)  # Orbax's read-only notices, once per checkpoint read for its config
   from dsr_jax import study  # pylint: disable=g-import-not-at-top
   try:
     text = table(load())
