@@ -20,7 +20,8 @@ MAX_BYTES = 25 * 1000 * 1000
 
 
 def test_a_checkpoint_per_claimed_scale():
-  assert {p.name for p in SHIPPED} >= {'dsrnet_x4', 'dsrnet_x8'}
+  # Each of the paper's four scales: the robust network under the plain name, the protocol-trained one beside it.
+  assert {p.name for p in SHIPPED} >= {f'dsrnet_x{s}{kind}' for s in (2, 4, 8, 16) for kind in ('', '_protocol')}
   assert (REPO / 'checkpoints' / 'README.md').is_file()
 
 
