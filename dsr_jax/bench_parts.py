@@ -33,7 +33,7 @@ def _parts(a):
   hr, valid, lr = b['hr_depth'], b['valid'], b['lr_depth']
   jit = lambda f, **kw: jax.jit(f, compiler_options=xla_options.compiler_options(a.cpu_convs), **kw)
 
-  # The step's 'dsr' term (steps._term_value): L1, plus side supervision when its weight is not 0.
+  # The step's 'dsr' term (terms._dsr): L1, plus side supervision when its weight is not 0.
   def loss(p):
     o = net.apply({'params': p}, lr, train=True)
     value = losses.l1(o.depth, hr, valid)

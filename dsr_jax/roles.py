@@ -1,10 +1,11 @@
 """Phases as data, and the role exchange (docs/method.md, "Schedule and routing", rules 2 and 7).
 
-A `Phase` says which networks' optimizers step and which loss terms make up the objective: each `Term` has
-a weight and the networks its gradient may reach ("reach"). `steps.loss_fn` sums the weighted terms and
-cuts (stop_gradient) every other network's outputs out of a term; it never looks at a phase's name. The
-phases are built once from the config (`make_phases`), so the routing table (docs/method.md, "Schedule and
-routing") lives here only.
+A `Phase` says which networks' optimizers step and which loss terms make up the objective: each
+`terms.Term` has a weight and the networks its gradient may reach ("reach"). `steps.loss_fn` sums the
+weighted terms and cuts (stop_gradient) every other network's outputs out of a term; it never looks at a
+phase's name. The phases are built once from the config (`make_phases`): the phases' skeletons (optimizer
+masks, teacher codes, and what each phase offers its terms) live here, and each term's placement (weight,
+reach, student) lives with the term in terms.py; together they are the routing table of docs/method.md.
 
 `Rounds` walks a run through them: where each round starts, its teacher, and the phase of each step.
 
@@ -15,8 +16,10 @@ the terms towards it, and the teacher is in the optimizer mask, never trainable.
 """
 import dataclasses
 
+from dsr_jax import terms as terms_lib
 from dsr_jax.errors import ConfigError
 from dsr_jax.models import TEACHERS
+from dsr_jax.terms import Term
 
 # Teacher codes stored in the train state and logged as train/teacher.
 NO_TEACHER = -1  # stage 1 (and "w/o CT")
@@ -27,27 +30,6 @@ ROLES = ('rule', 'fixed_denet', 'fixed_dsr', 'mutual')
 FEATURE_DISTILL = ('none', 'l1', 'cosine')
 TEACHER_UPDATES = ('task', 'frozen')
 NET_NAMES = {'dsr': 'DSRNet', 'denet': 'DENet', 'spnet': 'SPNet'}
-
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-  """total += weight * value of the loss term `name`.
-
-  reach: ((net, factor), ...): the networks whose parameters this term's gradient may reach; a net there
-    receives factor * weight of the term's gradient. Factors other than 1 are only allowed for a net that
-    this term alone uses (SPNet learns L_struct at unit weight while the depth nets see rho1 * L_struct).
-    Every other network's outputs enter the term under stop_gradient.
-  student: for the distillation terms 'out' and 'aff', the network that learns ('dsr' or 'denet'); the
-    other one is the teacher, whose outputs are targets.
-  """
-  name: str  # 'dsr' | 'de' | 'out' | 'aff' | 'struct' | 'kd_out' | 'kd_feat' | 'kd_aff' (the frozen teacher's)
-  weight: float
-  reach: tuple[tuple[str, float], ...]
-  student: str = ''
-
-  @property
-  def nets(self) -> tuple[str, ...]:
-    return tuple(n for n, _ in self.reach)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,59 +52,33 @@ def _trainable(dsr, denet, spnet):
   return (('dsr', dsr), ('denet', denet), ('spnet', spnet))
 
 
-def _distill(loss_cfg, student: str) -> tuple[Term, ...]:
-  terms = (Term('out', loss_cfg.rho2, ((student, 1.0),), student),)
-  if loss_cfg.use_affinity:
-    terms += (Term('aff', loss_cfg.rho2 * loss_cfg.gamma, ((student, 1.0),), student),)
-  return terms
-
-
-def _from_teacher(loss_cfg) -> tuple[Term, ...]:
-  # The frozen teacher's outputs are targets: every term reaches DSRNet alone. A zero weight leaves its term
-  # out, so that nothing is computed for it.
-  reach = (('dsr', 1.0),)
-  weights = (('kd_out', loss_cfg.kd_out_weight),
-             ('kd_feat', loss_cfg.kd_feature_weight if loss_cfg.feature_distill != 'none' else 0.0),
-             ('kd_aff', loss_cfg.kd_affinity_weight))
-  return tuple(Term(name, w, reach, 'dsr') for name, w in weights if w > 0)
-
-
-def _struct(loss_cfg, feature_nets) -> Term:
-  # SPNet always learns L_struct at unit weight; the depth nets' features see rho1 * L_struct. With rho1 = 0
-  # only SPNet learns it (the depth nets' inputs are cut off).
-  rho1 = loss_cfg.rho1
-  if rho1 <= 0:
-    return Term('struct', 1.0, (('spnet', 1.0),))
-  return Term('struct', rho1, (('spnet', 1.0 / rho1),) + tuple((n, 1.0) for n in feature_nets))
-
-
 def make_phases(config) -> dict:
   """Every phase of this config, by name. The phases are static (hashable): one compiled step each."""
   loss_cfg, t = config.loss, config.train
   use_de = bool(config.model.use_denet)
   use_sp = use_de and bool(config.model.use_spnet)
   task = t.teacher_update == 'task'
-  dsr, de = Term('dsr', 1.0, (('dsr', 1.0),)), Term('de', 1.0, (('denet', 1.0),))
+  both = ('dsr', 'denet')
+
+  def phase(name, trainable, where, teacher=NO_TEACHER):
+    return Phase(name, trainable, terms_lib.place(loss_cfg, where), teacher)
+
   if config.model.teacher:  # never with DENet (check_config)
-    return {'dsr_only': Phase('dsr_only', _trainable(True, False, False) + (('teacher', False),),
-                              (dsr,) + _from_teacher(loss_cfg))}
-  phases = {'dsr_only': Phase('dsr_only', _trainable(True, False, False), (dsr,))}
+    return {'dsr_only': phase('dsr_only', _trainable(True, False, False) + (('teacher', False),),
+                              terms_lib.Where(task=('dsr',), teacher=True))}
+  phases = {'dsr_only': phase('dsr_only', _trainable(True, False, False), terms_lib.Where(task=('dsr',)))}
   if not use_de:
     return phases
-  phases['stage1'] = Phase('stage1', _trainable(True, True, False), (dsr, de))
+  phases['stage1'] = phase('stage1', _trainable(True, True, False), terms_lib.Where(task=both))
   for student, teacher_code, name in (('dsr', DENET, 'dsr_student'), ('denet', DSR, 'de_student')):
     # 'frozen': the teacher has no optimizer step, no task loss and no gradient at all (Algorithm 1).
     trains = {'dsr': student == 'dsr' or task, 'denet': student == 'denet' or task}
-    terms = tuple(x for x in (dsr, de) if trains[{'dsr': 'dsr', 'de': 'denet'}[x.name]])
-    terms += _distill(loss_cfg, student)
-    if use_sp:
-      terms += (_struct(loss_cfg, ('dsr', 'denet') if task else (student,)),)
-    phases[name] = Phase(name, _trainable(trains['dsr'], trains['denet'], use_sp), terms, teacher_code)
+    where = terms_lib.Where(task=tuple(n for n in both if trains[n]), students=(student,),
+                            structure=(both if task else (student,)) if use_sp else ())
+    phases[name] = phase(name, _trainable(trains['dsr'], trains['denet'], use_sp), where, teacher_code)
   if t.roles == 'mutual':  # its own compiled step, built only where it can run
-    terms = (dsr, de) + _distill(loss_cfg, 'dsr') + _distill(loss_cfg, 'denet')
-    if use_sp:
-      terms += (_struct(loss_cfg, ('dsr', 'denet')),)
-    phases['mutual'] = Phase('mutual', _trainable(True, True, use_sp), terms, MUTUAL)
+    where = terms_lib.Where(task=both, students=both, structure=both if use_sp else ())
+    phases['mutual'] = phase('mutual', _trainable(True, True, use_sp), where, MUTUAL)
   return phases
 
 

@@ -16,71 +16,14 @@ from dsr_jax import models as models_lib
 from dsr_jax import resize
 from dsr_jax import roles
 from dsr_jax import state as state_lib
+from dsr_jax import terms as terms_lib
 from dsr_jax.state import TrainState
 
-# Logged loss terms, in the order used by TrainState.bad_term.
-# New names are appended: a checkpoint's bad_term indexes this tuple.
-TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_dsr', 'side_de',
-         'kd_out', 'kd_feat', 'kd_aff', 'e_teacher')
+TERMS = terms_lib.TERMS  # the logged terms, in the order TrainState.bad_term indexes
 
 
 def make_lr(batch, scale: int, method: str):
   return resize.downsample(batch['hr_depth'], scale, method, xp=jnp)
-
-
-def _cut(outputs: dict, nets) -> dict:
-  """The networks' outputs as one term sees them: those of networks outside its reach are constants."""
-  return {k: o if k in nets else jax.lax.stop_gradient(o) for k, o in outputs.items()}
-
-
-def _side_l1(sides, hr, v):
-  return losses.side_l1(sides, [hr] * len(sides), v)  # side supervision: every side output against D_hr
-
-
-def _term_value(term: roles.Term, outs: dict, params, batch, *, models, loss_cfg):
-  """The raw value of one loss term on `outs` (the networks' train-mode outputs)."""
-  hr, v = batch['hr_depth'], batch['valid']
-  o = _cut(outs, term.nets)
-  sw = loss_cfg.side_weight
-  if term.name == 'dsr':  # L_DSR (+ side supervision, docs/method.md rule 1)
-    value = losses.l1(o['dsr'].depth, hr, v)
-    return value + sw * _side_l1(o['dsr'].sides, hr, v) if sw else value
-  if term.name == 'de':  # L_DE = SSIM + L1 (+ side supervision)
-    value = losses.de_loss(o['denet'].depth, hr, v, loss_cfg.ssim_lambda)
-    return value + sw * _side_l1(o['denet'].sides, hr, v) if sw else value
-  if term.name == 'struct':
-    factor = dict(term.reach)['spnet']
-    sp_params = losses.scale_gradient(params['spnet'], factor) if factor != 1.0 else params['spnet']
-    d_sr, d_de = o['dsr'].depth, o['denet'].depth
-    if loss_cfg.detach_uncertainty:  # docs/method.md, rule 4: the uncertainty branch sees constant depths
-      d_sr, d_de = jax.lax.stop_gradient((d_sr, d_de))
-    s_pred = models.spnet.apply({'params': sp_params}, o['dsr'].feats[-1], o['denet'].feats[-1],
-                                d_sr, d_de, hr)
-    return losses.l1(s_pred, losses.gradient_magnitude(hr), losses.gradient_valid(v))
-  if term.name.startswith('kd_'):  # towards the frozen teacher (docs/method.md, "Frozen teachers")
-    return _from_teacher(term.name, o[term.student], o['teacher'], v, loss_cfg)
-  student, teacher = o[term.student], o[_other(term.student)]
-  if term.name == 'out':  # L_O towards the teacher's side outputs
-    return losses.side_l1(student.sides, teacher.sides, v)
-  if term.name == 'aff':  # L_A towards the teacher's feature affinities
-    return losses.feature_affinity(student.feats, teacher.feats, v, loss_cfg.affinity_pool,
-                                   kind=loss_cfg.affinity, tau=loss_cfg.affinity_tau)
-  raise ValueError(f'unknown loss term {term.name!r}')
-
-
-def _from_teacher(name: str, student, teacher, v, loss_cfg):
-  if name == 'kd_out':  # L_O on the main output, and on the side outputs as L_DSR weighs them
-    value = losses.l1(student.depth, teacher.depth, v)
-    sw = loss_cfg.side_weight
-    return value + sw * losses.side_l1(student.sides, teacher.sides, v) if sw else value
-  if name == 'kd_feat':
-    return losses.feature_distance(student.feats, teacher.feats, v, loss_cfg.feature_distill)
-  return losses.feature_affinity(student.feats, teacher.feats, v, loss_cfg.affinity_pool,
-                                 kind=loss_cfg.affinity, tau=loss_cfg.affinity_tau)
-
-
-def _other(net: str) -> str:
-  return 'denet' if net == 'dsr' else 'dsr'
 
 
 def apply_net(net, params, batch, train: bool = True):
@@ -118,17 +61,17 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, parts: bool 
   if 'teacher' in outs:  # logged only: how good the frozen teacher is on the training batches
     t['e_teacher'] = losses.l1(jax.lax.stop_gradient(outs['teacher'].depth), hr, v)
   if loss_cfg.side_weight:  # logged only: how close the side heads come to the main output's error
-    t['side_dsr'] = _side_l1(jax.lax.stop_gradient(outs['dsr'].sides), hr, v)
+    t['side_dsr'] = terms_lib.side_l1(jax.lax.stop_gradient(outs['dsr'].sides), hr, v)
     if 'denet' in outs:
-      t['side_de'] = _side_l1(jax.lax.stop_gradient(outs['denet'].sides), hr, v)
+      t['side_de'] = terms_lib.side_l1(jax.lax.stop_gradient(outs['denet'].sides), hr, v)
   total, weighted = None, {}
   for term in phase.terms:
-    value = _term_value(term, outs, params, batch, models=models, loss_cfg=loss_cfg)
-    t[term.name] = t[term.name] + value if term.name in ('out', 'aff') else value
+    value = terms_lib.value(term, outs, params, batch, models=models, loss_cfg=loss_cfg)
+    t[term.name] = t[term.name] + value if term.name in terms_lib.PER_STUDENT else value
     part = value if term.weight == 1.0 else term.weight * value
     weighted[term.name] = weighted[term.name] + part if term.name in weighted else part
     total = part if total is None else total + part
-  for name in ('out', 'aff'):  # 'mutual' distils both ways: log the mean, comparable with one direction
+  for name in terms_lib.PER_STUDENT:  # 'mutual' distils both ways: log the mean, comparable with one direction
     n = sum(term.name == name for term in phase.terms)
     if n > 1:
       t[name] = t[name] / n

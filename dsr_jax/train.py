@@ -8,7 +8,7 @@
                             checkpoints and the stop requests (trainer.py holds those parts)
   the console               progress and stop lines
 
-No math lives here: losses are in losses.py, the steps in steps.py, the role logic in roles.py.
+No math lives here: losses are in losses.py and terms.py, the steps in steps.py, the role logic in roles.py.
 """
 import dataclasses
 import functools
