@@ -51,14 +51,19 @@ def ckpt(tmp_path_factory):
 @pytest.fixture
 def absl_caplog(caplog):
   """caplog that also sees absl's logger: once any test in the worker has installed absl's handler (main, app
-  runs), absl stops propagating to the root logger, where caplog listens."""
+  runs), absl stops propagating to the root logger, where caplog listens. A CLI's main() run in-process
+  (robustness, results_table) may also have left absl's verbosity at ERROR, which drops warnings before any
+  handler sees them, so the absl logger's level is opened for the test and put back after it."""
   import logging  # pylint: disable=g-import-not-at-top
   absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.DEBUG)
   absl_logger.addHandler(caplog.handler)
   try:
     yield caplog
   finally:
     absl_logger.removeHandler(caplog.handler)
+    absl_logger.setLevel(level)
 
 
 @pytest.fixture
