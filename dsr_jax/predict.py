@@ -21,8 +21,8 @@ PNG and 8-bit PNG -> 8-bit PNG (rounded, clipped to the type's range; valid pixe
 below at 0).
 
 Which network: the shipped `dsrnet_x2`, `dsrnet_x4`, `dsrnet_x8` and `dsrnet_x16` were trained on LR drawn
-from a mixture of degradations (data.degrade='random': resizers with and without antialiasing, area and point sampling at
-random sub-pixel offsets, blur, Gaussian and depth-proportional noise, 8/16-bit quantisation, filled holes),
+from a mixture of degradations (data.degrade='random': resizers with and without antialiasing, area and point
+sampling at random sub-pixel offsets, blur, Gaussian and depth-proportional noise, 8/16-bit quantisation, filled holes),
 so they tolerate the LR that image libraries and sensors make. The `_protocol` names (`dsrnet_x4_protocol`, ...)
 expect exactly the paper's LR (MATLAB-style antialiased bicubic, float, no noise); there they score best, and
 on any other LR they may do worse than bicubic upsampling (README, "Results"; docs/method.md, "Degradations").
