@@ -65,13 +65,14 @@ def loss_fn(params, batch, *, models, phase: roles.Phase, loss_cfg, parts: bool 
     if 'denet' in outs:
       t['side_de'] = terms_lib.side_l1(jax.lax.stop_gradient(outs['denet'].sides), hr, v)
   total, weighted = None, {}
+  per_student = terms_lib.per_student()
   for term in phase.terms:
     value = terms_lib.value(term, outs, params, batch, models=models, loss_cfg=loss_cfg)
-    t[term.name] = t[term.name] + value if term.name in terms_lib.PER_STUDENT else value
+    t[term.name] = t[term.name] + value if term.name in per_student else value
     part = value if term.weight == 1.0 else term.weight * value
     weighted[term.name] = weighted[term.name] + part if term.name in weighted else part
     total = part if total is None else total + part
-  for name in terms_lib.PER_STUDENT:  # 'mutual' distils both ways: log the mean, comparable with one direction
+  for name in per_student:  # 'mutual' distils both ways: log the mean, comparable with one direction
     n = sum(term.name == name for term in phase.terms)
     if n > 1:
       t[name] = t[name] / n

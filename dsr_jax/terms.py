@@ -22,7 +22,7 @@ TERMS = ('total', 'dsr', 'de', 'struct', 'out', 'aff', 'e_dsr', 'e_de', 'side_ds
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-  """total += weight * value of the loss term `name`.
+  """total += weight * value of the loss term `name` (a Spec's name: `place` writes it).
 
   reach: ((net, factor), ...): the networks whose parameters this term's gradient may reach; a net there
     receives factor * weight of the term's gradient. Factors other than 1 are only allowed for a net that
@@ -30,7 +30,7 @@ class Term:
     Every other network's outputs enter the term under stop_gradient.
   student: for the distillation terms, the network that learns; its teacher's outputs are targets.
   """
-  name: str  # a Spec's name
+  name: str
   weight: float
   reach: tuple[tuple[str, float], ...]
   student: str = ''
@@ -69,14 +69,21 @@ class Spec:
 
   value: (term, outs, inputs) -> scalar, where outs are the networks' train-mode outputs as this term sees
     them (those outside its reach under stop_gradient).
-  place: (loss_cfg, where) -> the term's Terms in a phase: () where it is not there.
+  place: (loss_cfg, where) -> the term's placements in a phase, each an At; () where it is not there.
   per_student: place runs once per student of the phase, so that a student's distillation terms are summed
     together ('mutual': out>dsr, aff>dsr, out>denet, aff>denet).
   """
   name: str
   value: Callable[[Term, dict, Inputs], Any]
-  place: Callable[[Any, Where], tuple[Term, ...]]
+  place: Callable[[Any, Where], tuple['At', ...]]
   per_student: bool = False
+
+
+class At(NamedTuple):
+  """Where one of a Spec's terms goes in a phase: a Term less its name, which `place` takes from the Spec."""
+  weight: float
+  reach: tuple[tuple[str, float], ...]
+  student: str = ''
 
 
 def side_l1(sides, hr, v):
@@ -90,9 +97,9 @@ def _other(net: str) -> str:
 # ---------------------------------------------------------------- task losses
 
 
-def _task(name: str, net: str):
+def _task(net: str):
   # Weight 1 and the net alone: a task loss never needs a knob.
-  return lambda loss_cfg, where: (Term(name, 1.0, ((net, 1.0),)),) if net in where.task else ()
+  return lambda loss_cfg, where: (At(1.0, ((net, 1.0),)),) if net in where.task else ()
 
 
 def _dsr(term, o, x):  # L_DSR (+ side supervision, docs/method.md rule 1)
@@ -117,7 +124,7 @@ def _out(term, o, x):  # L_O towards the teacher's side outputs
 
 
 def _place_out(loss_cfg, where):
-  return tuple(Term('out', loss_cfg.rho2, ((s, 1.0),), s) for s in where.students)
+  return tuple(At(loss_cfg.rho2, ((s, 1.0),), s) for s in where.students)
 
 
 def _affinity(student, teacher, x):
@@ -133,7 +140,7 @@ def _aff(term, o, x):  # L_A towards the teacher's feature affinities
 def _place_aff(loss_cfg, where):
   if not loss_cfg.use_affinity:
     return ()
-  return tuple(Term('aff', loss_cfg.rho2 * loss_cfg.gamma, ((s, 1.0),), s) for s in where.students)
+  return tuple(At(loss_cfg.rho2 * loss_cfg.gamma, ((s, 1.0),), s) for s in where.students)
 
 
 # ---------------------------------------------------------------- scene structure (L_struct)
@@ -159,8 +166,8 @@ def _place_struct(loss_cfg, where):
     return ()
   rho1 = loss_cfg.rho1
   if rho1 <= 0:
-    return (Term('struct', 1.0, (('spnet', 1.0),)),)
-  return (Term('struct', rho1, (('spnet', 1.0 / rho1),) + tuple((n, 1.0) for n in where.structure)),)
+    return (At(1.0, (('spnet', 1.0),)),)
+  return (At(rho1, (('spnet', 1.0 / rho1),) + tuple((n, 1.0) for n in where.structure)),)
 
 
 # ---------------------------------------------------------------- towards a frozen teacher (model.teacher)
@@ -182,30 +189,38 @@ def _kd_aff(term, o, x):
   return _affinity(o[term.student], o['teacher'], x)
 
 
-def _from_teacher(name: str, weight: Callable[[Any], float]):
+def _from_teacher(weight: Callable[[Any], float]):
   # The teacher's outputs are targets: the term reaches DSRNet alone. A zero weight leaves the term out, so
   # that nothing is computed for it.
   def place(loss_cfg, where):
     w = weight(loss_cfg)
-    return (Term(name, w, (('dsr', 1.0),), 'dsr'),) if where.teacher and w > 0 else ()
+    return (At(w, (('dsr', 1.0),), 'dsr'),) if where.teacher and w > 0 else ()
   return place
 
 
 # The order in which a phase's terms are summed (float sums depend on it); TERMS is the logged order.
 SPECS = (
-    Spec('dsr', _dsr, _task('dsr', 'dsr')),
-    Spec('de', _de, _task('de', 'denet')),
+    Spec('dsr', _dsr, _task('dsr')),
+    Spec('de', _de, _task('denet')),
     Spec('out', _out, _place_out, per_student=True),
     Spec('aff', _aff, _place_aff, per_student=True),
     Spec('struct', _struct, _place_struct),
-    Spec('kd_out', _kd_out, _from_teacher('kd_out', lambda c: c.kd_out_weight)),
-    Spec('kd_feat', _kd_feat, _from_teacher(
-        'kd_feat', lambda c: c.kd_feature_weight if c.feature_distill != 'none' else 0.0)),
-    Spec('kd_aff', _kd_aff, _from_teacher('kd_aff', lambda c: c.kd_affinity_weight)),
+    Spec('kd_out', _kd_out, _from_teacher(lambda c: c.kd_out_weight)),
+    Spec('kd_feat', _kd_feat, _from_teacher(lambda c: c.kd_feature_weight if c.feature_distill != 'none' else 0.0)),
+    Spec('kd_aff', _kd_aff, _from_teacher(lambda c: c.kd_affinity_weight)),
 )
-BY_NAME = {s.name: s for s in SPECS}
-PER_STUDENT = tuple(s.name for s in SPECS if s.per_student)  # logged as the mean over the students
-assert len(BY_NAME) == len(SPECS) and set(BY_NAME) <= set(TERMS), 'every term: one Spec, its name in TERMS'
+
+
+# Read from SPECS at each call, not once at import, so that SPECS stays the one list to change.
+def by_name() -> dict:
+  specs = {s.name: s for s in SPECS}
+  assert len(specs) == len(SPECS) and set(specs) <= set(TERMS), 'every term: one Spec, its name in TERMS'
+  return specs
+
+
+def per_student() -> tuple[str, ...]:
+  """The terms placed once per student, logged as the mean over the students."""
+  return tuple(s.name for s in SPECS if s.per_student)
 
 
 def place(loss_cfg, where: Where) -> tuple[Term, ...]:
@@ -214,7 +229,7 @@ def place(loss_cfg, where: Where) -> tuple[Term, ...]:
   for per_student, run in itertools.groupby(SPECS, key=lambda s: s.per_student):
     run = tuple(run)
     wheres = [dataclasses.replace(where, students=(s,)) for s in where.students] if per_student else [where]
-    terms += tuple(t for w in wheres for spec in run for t in spec.place(loss_cfg, w))
+    terms += tuple(Term(spec.name, *at) for w in wheres for spec in run for at in spec.place(loss_cfg, w))
   return terms
 
 
@@ -225,6 +240,7 @@ def _cut(outputs: dict, nets) -> dict:
 
 def value(term: Term, outs: dict, params, batch, *, models, loss_cfg):
   """The raw value of one loss term on `outs` (the networks' train-mode outputs)."""
-  if term.name not in BY_NAME:
+  specs = by_name()
+  if term.name not in specs:
     raise ValueError(f'unknown loss term {term.name!r}')
-  return BY_NAME[term.name].value(term, _cut(outs, term.nets), Inputs(batch, params, models, loss_cfg))
+  return specs[term.name].value(term, _cut(outs, term.nets), Inputs(batch, params, models, loss_cfg))

@@ -40,10 +40,10 @@ def test_a_new_term_is_one_entry(monkeypatch):
     d = o['dsr'].depth
     return losses.masked_mean(jnp.abs(d[:, 1:] - d[:, :-1]), x.batch['valid'][:, 1:])
 
-  spec = terms.Spec('tv', tv, lambda loss_cfg, where: (terms.Term('tv', 0.5, (('dsr', 1.0),)),)
+  spec = terms.Spec('tv', tv, lambda loss_cfg, where: (terms.At(0.5, (('dsr', 1.0),)),)
                     if 'dsr' in where.task else ())
   monkeypatch.setattr(terms, 'SPECS', terms.SPECS + (spec,))
-  monkeypatch.setattr(terms, 'BY_NAME', {**terms.BY_NAME, 'tv': spec})
+  monkeypatch.setattr(terms, 'TERMS', terms.TERMS + ('tv',))
   cfg = test_config.get_config()
   cfg.model.use_denet = cfg.model.use_spnet = False
   phase = roles.make_phases(cfg)['dsr_only']
