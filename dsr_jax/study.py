@@ -18,7 +18,6 @@ Rows: a base row, optionally followed by '+modifier' changes (e.g. 'D+sw0.1'):
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 
 from dsr_jax import errors
 from dsr_jax import resize
+from dsr_jax import study_table
 from dsr_jax import study_teachers
 from dsr_jax.input_pipeline import readers
 
@@ -71,7 +71,7 @@ MODIFIERS = study_teachers.add_modifiers({
 __doc__ += '\n'.join(f'  {k:3s} {v[2]}' for k, v in ROWS.items()) + '\n  modifiers: ' + ', '.join(
     f'+{k} ({v[1]})' for k, v in MODIFIERS.items()) + '\n'
 
-SCENES = ('art', 'books', 'dolls', 'laundry', 'moebius', 'reindeer')
+SCENES = study_table.SCENES
 README_BEGIN, README_END = '<!-- ct_study:begin -->', '<!-- ct_study:end -->'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -302,67 +302,6 @@ def load_results(out: str) -> dict:
   return rows
 
 
-def _stats(xs):
-  xs = [x for x in xs if x is not None]
-  if not xs:
-    return None, None
-  m = sum(xs) / len(xs)
-  sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
-  return m, sd
-
-
-def _pm(xs, digits=4):
-  m, sd = _stats(xs)
-  if m is None:
-    return ''
-  return f'{m:.{digits}f}' + (f' ± {sd:.{digits}f}' if sd is not None else '')
-
-
-def _real(rs) -> str:
-  got = [r['realscene']['mean'] for r in rs if r.get('realscene')]
-  if not got:
-    return '-'
-  return f'{_pm([g["rmse_cm"] for g in got], 2)} ({_stats([g["bicubic_rmse_cm"] for g in got])[0]:.2f})'
-
-
-def table(rows: dict) -> str:
-  """The study's Markdown table, from the stored results only."""
-  order = [r for r in ROWS if r in rows] + sorted(r for r in rows if r not in ROWS)
-  lines = ['| row | what | seeds | Middlebury 2005 mean MAD | RMSE | ' + ' | '.join(s for s in SCENES) +
-           ' | val MAD (best) | real ToF RMSE cm (bicubic) | train wall |', '|' + ' --- |' * (8 + len(SCENES))]
-  for row in order:
-    rs = rows[row]
-    mb = [r['middlebury2005'] for r in rs]
-    scenes = [_pm([m['per_scene'][s]['mad'] for m in mb if s in m['per_scene']], 3) for s in SCENES]
-    wall = _stats([r['train_wall_s'] for r in rs])[0]
-    lines.append(f'| {row} | {rs[0]["what"]} | {",".join(str(r["seed"]) for r in rs)} | '
-                 f'{_pm([m["mean"]["mad"] for m in mb])} | {_pm([m["mean"]["rmse"] for m in mb], 3)} | '
-                 + ' | '.join(scenes) + f' | {_pm([r["val_mad_best"] for r in rs], 3)} | {_real(rs)} | '
-                 f'{int(wall // 60)} min {int(wall % 60)} s |')
-  diag = []
-  for row in order:
-    r = rows[row][0]
-    g = r.get('grad_ratio_stage2', {})
-    f = lambda k: f'{g[k]:.3f}' if k in g else '-'
-    s2 = r.get('stage2_mean', {})
-    side = (f'{s2["side_dsr"] / s2["e_dsr"]:.2f}' if s2.get('side_dsr') and s2.get('e_dsr') else '-')
-    teachers = [t for t in r.get('teachers_stage2', []) if t >= 0]  # -1: no teacher (w/o CT)
-    names = {0.0: 'DSRNet', 1.0: 'DENet', 2.0: 'mutual'}
-    tsum = ', '.join(f'{names.get(t, t)} x{teachers.count(t)}' for t in sorted(set(teachers))) or '-'
-    cells = [f('out/dsr : dsr/dsr'), f('aff/dsr : dsr/dsr'), f('struct/dsr : dsr/dsr'),
-             f('out/denet : de/denet'), f('aff/denet : de/denet'), side, tsum]
-    # A row without a partner (w/o CT) has nothing to report here; a line of dashes would only look
-    # like missing data.
-    if any(c != '-' for c in cells):
-      diag.append(f'| {row} | ' + ' | '.join(cells) + ' |')
-  if diag:
-    lines += ['', 'Gradient diagnostics, mean over stage-2 log steps (the lowest seed of each row), as a '
-              "fraction of the network's own task-loss gradient (rows without CT have none):", '',
-              '| row | L_O -> DSRNet | L_A -> DSRNet | L_struct -> DSRNet | L_O -> DENet | L_A -> DENet | '
-              'side err / main err (DSRNet) | teacher at stage-2 log steps |', '|' + ' --- |' * 8] + diag
-  return '\n'.join(lines) + '\n'
-
-
 def markers(out: str) -> tuple[str, str]:
   """The docs/study.md block of a results directory: <!-- ct_study:begin --> for results/ct_study, and so on,
   so that studies at other step counts or scales keep tables of their own."""
@@ -370,6 +309,11 @@ def markers(out: str) -> tuple[str, str]:
   if name == 'ct_study':
     return README_BEGIN, README_END
   return f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
+
+
+def table(rows: dict) -> str:
+  """The study's Markdown (tables), from the stored results only."""
+  return study_table.table(rows, tuple(ROWS))
 
 
 def write_table(out: str, doc: str = '') -> str:

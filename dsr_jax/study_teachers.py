@@ -77,6 +77,11 @@ def fill(overrides: dict, scale: int, runs: str, mods=()) -> dict:
           for k, v in overrides.items()}
 
 
+def is_teacher_row(row: str) -> bool:
+  """Whether a study row (modifiers and all) trains a teacher alone: it reads more than the LR."""
+  return row.split('+')[0] in _ARCH
+
+
 def sees_more(cfg) -> bool:
   """Whether a run's network reads more than the LR (a teacher trained alone): it has no real-sensor row,
   whose inputs are LR depth maps alone."""

@@ -55,7 +55,7 @@ def test_no_page_sends_readers_to_files_outside_the_repository():
 
 def test_study_blocks_are_what_the_study_writes():
   doc = (REPO / 'docs' / 'study.md').read_text()
-  names = re.findall(r'<!-- (ct_study[\w.-]*):begin -->', doc)
+  names = re.findall(r'<!-- ((?:ct_study|kd_)[\w.-]*):begin -->', doc)
   assert 'ct_study' in names
   for name in names:
     begin, end = study.markers(str(REPO / 'results' / name))

@@ -69,6 +69,23 @@ def test_table_is_computed_from_the_stored_results(tmp_path):
   assert (tmp_path / 'TABLE.md').read_text().endswith(text)
 
 
+def test_rows_are_paired_with_b_seed_by_seed_and_judged_by_the_study_rule(tmp_path):
+  for seed, mad in ((0, 0.20), (1, 0.22), (2, 0.24)):  # B: seed std 0.02
+    _store(tmp_path, _result('B', seed, mad))
+    _store(tmp_path, _result('KO+byAE', seed, mad - 0.03))  # below B by more than its std: a gain
+    _store(tmp_path, _result('KF+byAE', seed, mad - 0.01 * (seed - 1)))  # mean 0: no gain
+    _store(tmp_path, _result('AE', seed, mad - 0.1))  # a teacher reads the HR: never compared
+  _store(tmp_path, _result('D', 0, 0.1))  # one seed shared with B: nothing to pair
+  text = study.table(study.load_results(str(tmp_path)))
+  paired = text[text.index('Paired with row B'):]
+  ko = next(l for l in paired.splitlines() if l.startswith('| KO+byAE |'))
+  assert '| 0,1,2 | -0.0300, -0.0300, -0.0300 | -0.0300 | 0.0200 | gain | 3 of 3 |' in ko
+  kf = next(l for l in paired.splitlines() if l.startswith('| KF+byAE |'))
+  assert '| +0.0100, +0.0000, -0.0100 | +0.0000 | 0.0200 | no gain | 1 of 3 |' in kf
+  assert '| AE |' not in paired and '| D |' not in paired and '| B |' not in paired
+  assert 'Paired' not in study.table({'B': study.load_results(str(tmp_path))['B']})
+
+
 def test_rows_without_diagnostics_get_no_line_of_dashes(tmp_path):
   def bare(seed):  # what a w/o CT run stores: no grad ratios, no side heads, never a teacher
     r = _result('A', seed, 0.2)
