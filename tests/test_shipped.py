@@ -45,8 +45,16 @@ def test_small_dsrnet_only_and_predicts(path, tmp_path):
 
 
 @pytest.mark.parametrize('path', SHIPPED, ids=lambda p: p.name)
-def test_recorded_middlebury2005_scores_reproduce(path, shared_data_dir, tmp_path):
+def test_recorded_middlebury2005_scores_reproduce(path, shared_data_dir, tmp_path, monkeypatch):
   recorded = json.loads((path / 'eval_middlebury2005.json').read_text())
+  # Two of the six scenes per network, a different pair for each in turn, so that the eight networks cover
+  # every scene and the suite spends a third of the time (a whole benchmark at full resolution takes 20-30 s
+  # per network on 2 cores). The recorded JSON keeps all six, and eval mode reproduces them all.
+  scenes = sorted(recorded['per_scene'])
+  i = 2 * SHIPPED.index(path)
+  pair = {scenes[i % len(scenes)], scenes[(i + 1) % len(scenes)]}
+  every = evaluate.Evaluator.images
+  monkeypatch.setattr(evaluate.Evaluator, 'images', lambda self: (x for x in every(self) if x[0] in pair))
   cfg = load_config('eval:middlebury2005')
   cfg.data.dir = str(shared_data_dir)
   cfg.eval.checkpoint_dir = str(path)
@@ -55,7 +63,9 @@ def test_recorded_middlebury2005_scores_reproduce(path, shared_data_dir, tmp_pat
   cfg.eval.images = False
   res = evaluate.run(cfg, str(tmp_path))
   assert res['scale'] == recorded['scale'] and res['step'] == recorded['step']
-  for scene, want in recorded['per_scene'].items():
+  assert set(res['per_scene']) == pair
+  for scene in pair:
+    want = recorded['per_scene'][scene]
     # Predictions are rounded to uint8 by the protocol; XLA builds may differ in the last float bits, which
     # can flip a handful of roundings, nothing more.
     assert res['per_scene'][scene]['mad'] == pytest.approx(want['mad'], abs=2e-3), scene
