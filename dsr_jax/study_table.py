@@ -66,8 +66,31 @@ def table(rows: dict, order=()) -> str:
               "fraction of the network's own task-loss gradient (rows without CT have none):", '',
               '| row | L_O -> DSRNet | L_A -> DSRNet | L_struct -> DSRNet | L_O -> DENet | L_A -> DENet | '
               'side err / main err (DSRNet) | teacher at stage-2 log steps |', '|' + ' --- |' * 8] + diag
+  lines += distillation(rows, order)
   lines += paired(rows, order)
   return '\n'.join(lines) + '\n'
+
+
+def distillation(rows: dict, order) -> list[str]:
+  """Lines on the terms towards a frozen teacher (model.teacher), from the stored mean gradient norms: each
+  as a fraction of DSRNet's own task-loss gradient, and the largest norm any term sent into the teacher."""
+  out = []
+  for row in order:
+    g = rows[row][0].get('grad_stage2_mean', {})
+    own = g.get('dsr/dsr')
+    if not own or not any(k.startswith('kd_') for k in g):
+      continue
+    cells = [f'{g[f"{t}/dsr"] / own:.3f}' if f'{t}/dsr' in g else '-' for t in ('kd_out', 'kd_feat', 'kd_aff')]
+    into = [v for k, v in g.items() if k.endswith('/teacher')]
+    cells.append(f'{max(into):.3g}' if into else '-')
+    out.append(f'| {row} | ' + ' | '.join(cells) + ' |')
+  if not out:
+    return []
+  return ['', 'Distillation from the frozen teacher: the mean gradient norm of each term into DSRNet after '
+          "stage 1 (the lowest seed of each row), as a fraction of DSRNet's own task-loss gradient, and the "
+          'largest mean norm any term sent into the teacher:', '',
+          '| row | teacher L_O -> DSRNet | teacher features -> DSRNet | teacher L_A -> DSRNet | '
+          'any term -> teacher |', '|' + ' --- |' * 5] + out
 
 
 def _signed(xs, digits):

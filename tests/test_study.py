@@ -86,6 +86,17 @@ def test_rows_are_paired_with_b_seed_by_seed_and_judged_by_the_study_rule(tmp_pa
   assert 'Paired' not in study.table({'B': study.load_results(str(tmp_path))['B']})
 
 
+def test_the_terms_towards_a_frozen_teacher_are_in_the_diagnostics(tmp_path):
+  r = _result('KOF+byAE', 0, 0.2)
+  r['grad_stage2_mean'] = {'dsr/dsr': 0.08, 'kd_out/dsr': 0.01, 'kd_feat/dsr': 0.02, 'kd_out/teacher': 0.0,
+                           'dsr/teacher': 0.0}
+  _store(tmp_path, r)
+  _store(tmp_path, _result('B', 0, 0.2))  # no teacher: no line
+  text = study.table(study.load_results(str(tmp_path)))
+  assert '| KOF+byAE | 0.125 | 0.250 | - | 0 |' in text
+  assert not any(l.startswith('| B | ') and l.count('|') == 6 for l in text.splitlines())
+
+
 def test_rows_without_diagnostics_get_no_line_of_dashes(tmp_path):
   def bare(seed):  # what a w/o CT run stores: no grad ratios, no side heads, never a teacher
     r = _result('A', seed, 0.2)
